@@ -1,0 +1,138 @@
+"""The Hypervisor interface (mechanism only) and the lazy backend registry.
+
+A backend does one thing per call and returns: no sleeping, no retries, no policy. Waiting and
+ordering belong to ``labctl.ops``. The interface maps one to one onto VirtualBox
+(clonevm, startvm --type headless, controlvm acpipowerbutton/poweroff/pause/resume/
+setlinkstateN, guestcontrol run, unregistervm --delete) and onto the nspawn lab.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from labctl.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from labctl.profile import Profile
+
+
+class MachineState(enum.StrEnum):
+    """What a machine is doing, as the hypervisor sees it."""
+
+    ABSENT = "absent"
+    STOPPED = "stopped"
+    RUNNING = "running"
+    PAUSED = "paused"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A machine as the hypervisor reports it.
+
+    Attributes:
+        name: the machine's name in the hypervisor (the profile's machine name).
+        state: what it is doing now.
+        address: its IPv4 address on the lab network when the backend knows it, else None.
+        managed: True when labctl created it (only such machines may be destroyed).
+    """
+
+    name: str
+    state: MachineState
+    address: str | None = None
+    managed: bool = False
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """The outcome of a command run through the hypervisor's side channel."""
+
+    argv: tuple[str, ...]
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@runtime_checkable
+class Hypervisor(Protocol):
+    """Mechanism to drive lab machines. Implementations: nspawn, vboxmanage, pyvbox."""
+
+    name: str
+
+    def check(self) -> None:
+        """Raise BackendUnavailable (with an install hint) if this host cannot run the backend."""
+
+    def inspect(self, name: str) -> Machine:
+        """The machine's state; state ABSENT when no such machine exists."""
+
+    def list(self) -> list[Machine]:
+        """Every machine this backend created for the lab (managed=True)."""
+
+    def clone(self, source: str, target: str, *, linked: bool = False) -> None:
+        """Create ``target`` as a copy of stopped-or-running ``source``'s disk, not started.
+
+        The clone gets a new MAC. Its link starts disconnected (see set_link) so that it does
+        not touch the lab network with the source's identity. A failure leaves no target behind.
+        """
+
+    def start(self, name: str) -> None:
+        """Boot the machine (headless). Returns once it is started, not once it answers."""
+
+    def stop(self, name: str, *, hard: bool = False) -> None:
+        """Shut down: graceful = ACPI power button / poweroff; hard = pull the plug."""
+
+    def pause(self, name: str) -> None:
+        """Freeze every process of the machine; it answers nothing until resumed."""
+
+    def resume(self, name: str) -> None:
+        """Thaw a paused machine."""
+
+    def set_link(self, name: str, up: bool) -> None:
+        """Connect or disconnect the machine's lab network cable; processes keep running.
+
+        Applies to a running machine at once and is remembered for the next start.
+        """
+
+    def exec_in_guest(self, name: str, argv: Sequence[str], *, timeout: float = 60.0) -> ExecResult:
+        """Run argv as root inside the guest without using the guest's network.
+
+        Works on a running machine (nspawn: nsenter; VirtualBox: guestcontrol). Backends that
+        can edit a stopped machine's disk (nspawn) also run it there, in a chroot.
+        """
+
+    def destroy(self, name: str) -> None:
+        """Stop if needed and delete the machine and its disks. Refuses unmanaged machines."""
+
+
+# name -> "module:factory"; imported only when the backend is chosen, so a missing optional
+# dependency (pyvbox) does not break the other backends.
+BACKENDS: dict[str, str] = {
+    "nspawn": "labctl.hypervisor.nspawn:from_profile",
+    "vboxmanage": "labctl.hypervisor.vboxmanage:from_profile",
+    "pyvbox": "labctl.hypervisor.pyvbox:from_profile",
+}
+
+
+def backend_name(profile: Profile) -> str:
+    if profile.lab.backend == "nspawn":
+        return "nspawn"
+    return profile.lab.virtualbox.driver
+
+
+def get_hypervisor(profile: Profile) -> Hypervisor:
+    """Load the profile's backend lazily and return it (not yet checked: call .check())."""
+    name = backend_name(profile)
+    module_name, _, factory_name = BACKENDS[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"backend {name!r} cannot be loaded: {exc}",
+            hint="pip install 'labctl[virtualbox]'" if name == "pyvbox" else None,
+        ) from exc
+    factory = getattr(module, factory_name)
+    hypervisor: Hypervisor = factory(profile)
+    return hypervisor

@@ -1,0 +1,173 @@
+"""keepalived knowledge: render each node's keepalived.conf and read `ip -o addr`.
+
+Both nodes of a pair are rendered from the same PairSpec, so VRID, VIPs, advert_int and auth
+agree by construction; only state, priority, router_id (and unicast peers) differ.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from labctl.profile import Node, Profile, Role
+
+KEEPALIVED_DIR = "/etc/keepalived"
+CONF_PATH = f"{KEEPALIVED_DIR}/keepalived.conf"
+SCRIPT_USER = "keepalived_script"
+MASK = "********"
+INTERFACE_PLACEHOLDER = "<detected-at-provision>"
+
+_env = jinja2.Environment(
+    loader=jinja2.PackageLoader("labctl", "templates"),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+
+
+@dataclass(frozen=True)
+class CheckScript:
+    """The health-check script as it will be installed on a node."""
+
+    name: str
+    path: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class RenderedNode:
+    """Everything provisioning writes to one node."""
+
+    node: Node
+    conf: str
+    check: CheckScript | None
+
+
+def router_id(node_name: str) -> str:
+    return node_name.replace("-", "_")
+
+
+def instance_name(pair_name: str) -> str:
+    return f"VI_{pair_name}"
+
+
+def check_name(script_file: str) -> str:
+    stem = Path(script_file).stem
+    stem = re.sub(r"^(check|chk)[_-]?", "", stem) or "check"
+    return "chk_" + re.sub(r"[^A-Za-z0-9_]", "_", stem)
+
+
+def render_node(
+    profile: Profile,
+    pair_name: str,
+    role: Role,
+    *,
+    interface: str | None = None,
+    mask_secrets: bool = True,
+) -> RenderedNode:
+    """Render one node's keepalived.conf (and its check script).
+
+    Args:
+        profile: the validated profile.
+        pair_name: key of [pairs].
+        role: "primary" or "standby".
+        interface: the VRRP interface; defaults to the profile's, or a placeholder when neither
+            is known (provisioning always passes the detected one).
+        mask_secrets: replace auth_pass with a mask; only the file written to a machine
+            carries the real password.
+    """
+    pair = profile.pair(pair_name)
+    primary, standby = profile.nodes(pair_name)
+    node, peer = (primary, standby) if role == "primary" else (standby, primary)
+    check = None
+    if pair.check is not None:
+        script_path = profile.base_dir / pair.check.script
+        check = CheckScript(
+            name=check_name(pair.check.script),
+            path=f"{KEEPALIVED_DIR}/{pair.check.script}",
+            content=script_path.read_bytes() if script_path.is_file() else b"",
+        )
+    auth_pass = MASK if mask_secrets else profile.auth_pass(pair_name)
+    conf = _env.get_template("keepalived.conf.j2").render(
+        lab=profile.lab.name,
+        node=node.name,
+        role=role,
+        pair=pair_name,
+        router_id=router_id(node.name),
+        script_user=SCRIPT_USER,
+        check=None
+        if check is None or pair.check is None
+        else {
+            "name": check.name,
+            "path": check.path,
+            "interval": pair.check.interval,
+            "weight": pair.check.weight,
+            "fall": pair.check.fall,
+            "rise": pair.check.rise,
+        },
+        instance=instance_name(pair_name),
+        # nopreempt only works when both nodes start as BACKUP
+        state="MASTER" if role == "primary" and pair.preempt else "BACKUP",
+        interface=interface or pair.interface or INTERFACE_PLACEHOLDER,
+        vrid=pair.vrid,
+        priority=pair.priority.primary if role == "primary" else pair.priority.standby,
+        advert_int=pair.advert_int,
+        vrrp_version=pair.vrrp_version,
+        preempt=pair.preempt,
+        unicast=pair.unicast,
+        self_ip=node.ip,
+        peer_ip=peer.ip,
+        auth_pass=auth_pass,
+        vips=pair.vip,
+    )
+    return RenderedNode(node=node, conf=conf, check=check)
+
+
+def mask(text: str, secrets: Iterable[str]) -> str:
+    """Replace every secret in text (longest first, so prefixes do not leak)."""
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+@dataclass(frozen=True)
+class IfAddr:
+    """One line of `ip -o addr`: an address on an interface."""
+
+    ifname: str
+    interface: ipaddress.IPv4Interface
+
+
+_IP_O_ADDR = re.compile(r"^\d+:\s+(?P<ifname>[^\s:@]+)(?:@\S+)?\s+inet\s+(?P<cidr>[\d.]+/\d+)")
+
+
+def parse_ip_addr(output: str) -> list[IfAddr]:
+    """The IPv4 addresses in the output of `ip -o addr` (or `ip -o -4 addr show`)."""
+    found = []
+    for line in output.splitlines():
+        match = _IP_O_ADDR.match(line.strip())
+        if match:
+            found.append(IfAddr(match["ifname"], ipaddress.IPv4Interface(match["cidr"])))
+    return found
+
+
+def holds(addrs: Iterable[IfAddr], vip: str) -> bool:
+    """True when the address list carries the VIP's IP (on any interface, any prefix)."""
+    ip = ipaddress.IPv4Interface(vip).ip
+    return any(a.interface.ip == ip for a in addrs)
+
+
+def interface_for(addrs: Iterable[IfAddr], address: str) -> str | None:
+    """The interface that carries a machine's own address (for interface detection)."""
+    ip = ipaddress.IPv4Interface(address).ip
+    for a in addrs:
+        if a.interface.ip == ip:
+            return a.ifname
+    return None

@@ -1,0 +1,664 @@
+"""The lab profile: TOML in, frozen and fully checked pydantic models out.
+
+Every problem is reported at once, each prefixed with the key path it concerns
+(``pairs.back.vrid: must be 1..255``), before any machine is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from labctl.errors import ProfileError
+
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+_PAIR_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+AUTH_PASS_MAX = 8
+
+Role = Literal["primary", "standby"]
+
+
+def _strict() -> ConfigDict:
+    return ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _check_hostname(value: str) -> str:
+    if not _HOSTNAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid hostname (letters, digits and '-', at most 63 characters)"
+        )
+    return value
+
+
+def _check_address(value: str) -> str:
+    """A host address, optionally with its prefix (``192.168.68.80`` or ``192.168.68.80/24``)."""
+    try:
+        iface = ipaddress.IPv4Interface(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address") from None
+    if "/" in value and iface.network.prefixlen < 32 and iface.ip == iface.network.network_address:
+        raise ValueError(f"{value!r} is a network address, not a host address")
+    return value
+
+
+def host_ip(address: str) -> ipaddress.IPv4Address:
+    """The bare IP of an address written with or without a prefix."""
+    return ipaddress.IPv4Interface(address).ip
+
+
+class SshSettings(BaseModel):
+    """How labctl logs in to every machine of the lab."""
+
+    model_config = _strict()
+
+    user: str = Field("root", description="login user; root or a user with passwordless sudo")
+    key: str | None = Field(None, description="private key file; agent and ~/.ssh/config apply")
+    port: int = Field(22, description="SSH port")
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        if not 1 <= value <= 65535:
+            raise ValueError("must be 1..65535")
+        return value
+
+    @property
+    def key_path(self) -> Path | None:
+        return Path(self.key).expanduser() if self.key else None
+
+
+class NspawnSettings(BaseModel):
+    """The local lab: systemd-nspawn guests on a Linux bridge."""
+
+    model_config = _strict()
+
+    bridge: str = Field("labctl0", description="Linux bridge the guests are attached to")
+    subnet: str = Field("10.249.90.0/24", description="the lab segment, private to this host")
+    gateway: str = Field("10.249.90.1", description="the bridge's own address (no routing)")
+    image: str = Field("bookworm", description="Debian suite of the base image")
+
+    @field_validator("bridge")
+    @classmethod
+    def _bridge(cls, value: str) -> str:
+        if not _IFNAME.match(value):
+            raise ValueError(f"{value!r} is not a valid interface name (at most 15 characters)")
+        return value
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        try:
+            ipaddress.IPv4Network(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 network like 10.249.90.0/24") from None
+        return value
+
+    @field_validator("gateway")
+    @classmethod
+    def _gateway(cls, value: str) -> str:
+        return _check_address(value)
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.subnet)
+
+
+class VirtualBoxSettings(BaseModel):
+    """A VirtualBox lab on this host."""
+
+    model_config = _strict()
+
+    driver: Literal["vboxmanage", "pyvbox"] = Field(
+        "vboxmanage", description="vboxmanage works with VirtualBox 6.1 and 7.x; pyvbox 6.1 only"
+    )
+    vboxmanage: str = Field("VBoxManage", description="VBoxManage executable")
+    nic: int = Field(1, description="the adapter (1-based) that carries the lab network")
+
+    @field_validator("nic")
+    @classmethod
+    def _nic(cls, value: int) -> int:
+        if not 1 <= value <= 8:
+            raise ValueError("must be 1..8")
+        return value
+
+
+class LabSettings(BaseModel):
+    model_config = _strict()
+
+    name: str = Field(description="lab name; tags every machine labctl creates")
+    backend: Literal["virtualbox", "nspawn"] = Field(description="hypervisor backend")
+    nspawn: NspawnSettings = Field(default_factory=lambda: NspawnSettings())
+    virtualbox: VirtualBoxSettings = Field(default_factory=lambda: VirtualBoxSettings())
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_hostname(value)
+
+
+class MachineSpec(BaseModel):
+    """A configured production machine."""
+
+    model_config = _strict()
+
+    address: str = Field(description="its IPv4 address, optionally with prefix (10.0.0.5/24)")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return _check_address(value)
+
+
+class Priorities(BaseModel):
+    model_config = _strict()
+
+    primary: int = Field(description="VRRP priority of the production machine, 1..254")
+    standby: int = Field(description="VRRP priority of the standby, 1..254, below primary")
+
+    @field_validator("primary", "standby")
+    @classmethod
+    def _range(cls, value: int) -> int:
+        if not 1 <= value <= 254:
+            raise ValueError("must be 1..254")
+        return value
+
+
+class CheckSpec(BaseModel):
+    """A health check: keepalived's vrrp_script plus track_script."""
+
+    model_config = _strict()
+
+    script: str = Field(description="file next to the profile, pushed to /etc/keepalived/")
+    interval: int = Field(2, description="seconds between runs, 1..3600")
+    weight: int = Field(2, description="priority change on success/failure, -253..253")
+    fall: int = Field(1, description="failures before the check counts as failed, 1..255")
+    rise: int = Field(1, description="successes before the check counts as passed, 1..255")
+
+    @field_validator("script")
+    @classmethod
+    def _script(cls, value: str) -> str:
+        if not value or "/" in value or value.startswith("."):
+            raise ValueError("must be a plain file name next to the profile")
+        return value
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: int) -> int:
+        if not 1 <= value <= 3600:
+            raise ValueError("must be 1..3600")
+        return value
+
+    @field_validator("weight")
+    @classmethod
+    def _weight(cls, value: int) -> int:
+        if not -253 <= value <= 253:
+            raise ValueError("must be -253..253")
+        return value
+
+    @field_validator("fall", "rise")
+    @classmethod
+    def _count(cls, value: int) -> int:
+        if not 1 <= value <= 255:
+            raise ValueError("must be 1..255")
+        return value
+
+
+class PairSpec(BaseModel):
+    """A production machine and its hot standby sharing virtual IPs through VRRP."""
+
+    model_config = _strict()
+
+    primary: str = Field(description="a key of [machines]")
+    standby: str = Field(description="the standby's machine name (created by labctl clone)")
+    standby_address: str = Field(description="the standby's own IPv4 address")
+    interface: str | None = Field(None, description="VRRP interface; omitted = detected")
+    vrid: int = Field(description="virtual_router_id, 1..255, unique per segment")
+    vip: list[str] = Field(description="virtual IPs with prefix, e.g. ['192.168.68.89/24']")
+    priority: Priorities
+    advert_int: int = Field(1, description="seconds between adverts, 1..255")
+    auth_pass: str | None = Field(None, description="PASS authentication, at most 8 characters")
+    auth_pass_env: str | None = Field(None, description="environment variable holding auth_pass")
+    preempt: bool = Field(True, description="false = nopreempt (both nodes start as BACKUP)")
+    unicast: bool = Field(False, description="unicast adverts to the peer (no multicast)")
+    vrrp_version: Literal[2, 3] = Field(2, description="VRRP version")
+    check: CheckSpec | None = None
+
+    @field_validator("standby")
+    @classmethod
+    def _standby(cls, value: str) -> str:
+        return _check_hostname(value)
+
+    @field_validator("standby_address")
+    @classmethod
+    def _standby_address(cls, value: str) -> str:
+        return _check_address(value)
+
+    @field_validator("interface")
+    @classmethod
+    def _interface(cls, value: str | None) -> str | None:
+        if value is not None and not _IFNAME.match(value):
+            raise ValueError(f"{value!r} is not a valid interface name (at most 15 characters)")
+        return value
+
+    @field_validator("vrid")
+    @classmethod
+    def _vrid(cls, value: int) -> int:
+        if not 1 <= value <= 255:
+            raise ValueError("must be 1..255")
+        return value
+
+    @field_validator("advert_int")
+    @classmethod
+    def _advert_int(cls, value: int) -> int:
+        if not 1 <= value <= 255:
+            raise ValueError("must be 1..255")
+        return value
+
+    @field_validator("vip")
+    @classmethod
+    def _vip(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one virtual IP")
+        for vip in value:
+            if "/" not in vip:
+                raise ValueError(f"{vip!r} needs a prefix length, like {vip}/24")
+            try:
+                ipaddress.IPv4Interface(vip)
+            except ValueError:
+                raise ValueError(f"{vip!r} is not an IPv4 address with prefix") from None
+        return value
+
+    @field_validator("auth_pass")
+    @classmethod
+    def _auth_pass(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_auth_pass(value)
+        return value
+
+    @field_validator("auth_pass_env")
+    @classmethod
+    def _auth_pass_env(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+
+def _check_auth_pass(value: str) -> None:
+    # Never echo the secret itself in a message.
+    if len(value) > AUTH_PASS_MAX:
+        raise ValueError(
+            f"is {len(value)} characters; keepalived silently uses only the first "
+            f"{AUTH_PASS_MAX}, so use at most {AUTH_PASS_MAX}"
+        )
+    if not value or not all(33 <= ord(c) <= 126 for c in value):
+        raise ValueError("must be 1..8 printable ASCII characters without spaces")
+
+
+class Timeouts(BaseModel):
+    model_config = _strict()
+
+    connect: float = Field(10.0, description="seconds for one SSH connection attempt")
+    boot: float = Field(90.0, description="seconds a starting machine has to answer SSH")
+    command: float = Field(300.0, description="seconds one remote command may take")
+
+    @field_validator("connect", "boot", "command", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, float) and not 0 < value <= 86400:
+            raise ValueError("must be a number of seconds, 0 < s <= 86400")
+        return value
+
+
+@dataclass(frozen=True)
+class Node:
+    """One machine of a pair as provisioning and verification see it."""
+
+    pair: str
+    name: str
+    address: str
+    role: Role
+
+    @property
+    def ip(self) -> str:
+        return str(host_ip(self.address))
+
+
+class Profile(BaseModel):
+    """A whole lab: its backend, how to log in, production machines and their pairs."""
+
+    model_config = _strict()
+
+    lab: LabSettings
+    ssh: SshSettings = Field(default_factory=lambda: SshSettings())
+    timeouts: Timeouts = Field(default_factory=lambda: Timeouts())
+    machines: dict[str, MachineSpec] = Field(description="configured production machines")
+    pairs: dict[str, PairSpec] = Field(default_factory=dict, description="hot-standby pairs")
+
+    _path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("machines")
+    @classmethod
+    def _machine_names(cls, value: dict[str, MachineSpec]) -> dict[str, MachineSpec]:
+        for name in value:
+            _check_hostname(name)
+        if not value:
+            raise ValueError("needs at least one machine")
+        return value
+
+    @field_validator("pairs")
+    @classmethod
+    def _pair_names(cls, value: dict[str, PairSpec]) -> dict[str, PairSpec]:
+        for name in value:
+            if not _PAIR_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid pair name (letters, digits, '_', '-')")
+        return value
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def base_dir(self) -> Path:
+        return self._path.parent if self._path else Path.cwd()
+
+    def pair(self, name: str) -> PairSpec:
+        try:
+            return self.pairs[name]
+        except KeyError:
+            known = ", ".join(self.pairs) or "none"
+            raise ProfileError(f"pairs.{name}: no such pair (known: {known})") from None
+
+    def nodes(self, pair_name: str) -> tuple[Node, Node]:
+        """The (primary, standby) nodes of a pair."""
+        pair = self.pair(pair_name)
+        primary = Node(pair_name, pair.primary, self.machines[pair.primary].address, "primary")
+        standby = Node(pair_name, pair.standby, pair.standby_address, "standby")
+        return primary, standby
+
+    def all_nodes(self) -> Iterator[tuple[str, str, str]]:
+        """Every machine of the lab as (name, address, role), production machines first."""
+        for name, spec in self.machines.items():
+            yield name, spec.address, "production"
+        for pair in self.pairs.values():
+            yield pair.standby, pair.standby_address, "standby"
+
+    def check_script_path(self, pair_name: str) -> Path | None:
+        check = self.pair(pair_name).check
+        return self.base_dir / check.script if check else None
+
+    def auth_pass(self, pair_name: str) -> str:
+        """The pair's VRRP password, read from the environment when auth_pass_env is set."""
+        pair = self.pair(pair_name)
+        if pair.auth_pass is not None:
+            return pair.auth_pass
+        assert pair.auth_pass_env is not None  # guaranteed by semantic checks
+        value = os.environ.get(pair.auth_pass_env)
+        key = f"pairs.{pair_name}.auth_pass_env"
+        if value is None:
+            raise ProfileError(
+                f"{key}: environment variable {pair.auth_pass_env} is not set",
+                hint=f"export {pair.auth_pass_env}=... (at most {AUTH_PASS_MAX} characters)",
+            )
+        try:
+            _check_auth_pass(value)
+        except ValueError as exc:
+            raise ProfileError(f"{key}: the value of {pair.auth_pass_env} {exc}") from None
+        return value
+
+    def secrets(self) -> list[str]:
+        """Every auth_pass this profile can resolve, for masking output."""
+        found = []
+        for name in self.pairs:
+            with contextlib.suppress(ProfileError):
+                found.append(self.auth_pass(name))
+        return found
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+def resolve_path(ref: str | None, cwd: Path | None = None) -> Path:
+    """Turn ``-p NAME|PATH`` (or LABCTL_PROFILE, or ./labctl.toml) into a file path."""
+    cwd = cwd or Path.cwd()
+    ref = ref or os.environ.get("LABCTL_PROFILE") or None
+    if ref is None:
+        return cwd / "labctl.toml"
+    candidate = Path(ref).expanduser()
+    if "/" in ref or ref.endswith(".toml") or candidate.is_file():
+        return candidate if candidate.is_absolute() else cwd / candidate
+    for base in (cwd / "profiles", Path(__file__).resolve().parent.parent / "profiles"):
+        if (base / f"{ref}.toml").is_file():
+            return base / f"{ref}.toml"
+    return cwd / "profiles" / f"{ref}.toml"
+
+
+def load(ref: str | None = None, *, check_env: bool = False) -> Profile:
+    """Load and fully validate a profile; raise ProfileError listing every problem."""
+    path = resolve_path(ref)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProfileError(
+            f"profile not found: {path}",
+            hint="pass -p NAME (profiles/NAME.toml) or -p PATH, or set LABCTL_PROFILE",
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot read: {exc}") from None
+    return parse(text, path=path, check_env=check_env)
+
+
+def parse(text: str, *, path: Path | None = None, check_env: bool = False) -> Profile:
+    where = str(path) if path else "profile"
+    if not text.strip():
+        raise ProfileError(f"{where}: the profile is empty", hint="start from profiles/it490.toml")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{where}: invalid TOML: {exc}") from None
+    if not data:
+        raise ProfileError(
+            f"{where}: the profile has no keys", hint="start from profiles/it490.toml"
+        )
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileError(_format_validation(exc, data)) from None
+    profile._path = path
+    problems = list(semantic_problems(profile, check_env=check_env))
+    if problems:
+        raise ProfileError(problems)
+    return profile
+
+
+_TYPE_NAMES = {
+    "int_type": "an integer",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "float_type": "a number",
+    "int_from_float": "an integer",
+}
+
+
+def _describe(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list"}
+    if isinstance(value, dict):
+        return "table"
+    return names.get(type(value), type(value).__name__)
+
+
+def _format_validation(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = [part for part in err["loc"] if not _is_union_tag(part)]
+        key = _key_path(loc)
+        kind = err["type"]
+        if kind == "missing":
+            message = "required key is missing"
+        elif kind == "extra_forbidden":
+            message = "unknown key" + _suggest(loc, data)
+        elif kind in _TYPE_NAMES or kind.endswith("_type"):
+            expected = _TYPE_NAMES.get(kind, kind.removesuffix("_type"))
+            message = f"must be {expected}, got {_describe(err.get('input'))}"
+        elif kind == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            message = f"must be one of {expected}, got {err.get('input')!r}"
+        elif kind == "value_error":
+            message = str(err["msg"]).removeprefix("Value error, ")
+        else:
+            message = err["msg"]
+        problems.append(f"{key}: {message}" if key else message)
+    return problems
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and (
+        part.startswith("function-") or part in {"str", "int", "float", "none", "bool"}
+    )
+
+
+def _key_path(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _suggest(loc: list[Any], data: dict[str, Any]) -> str:
+    """A 'did you mean' for a typo'd key, from the fields the enclosing model allows."""
+    model: Any = Profile
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            # a dict key (machine or pair name): descend into the dict's value model
+            continue
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [a for a in (annotation, *args) if hasattr(a, "model_fields")]
+        if candidates:
+            model = candidates[0]
+        elif args and hasattr(args[-1], "model_fields"):
+            model = args[-1]
+    known = list(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def semantic_problems(profile: Profile, *, check_env: bool = False) -> Iterator[str]:
+    """Cross-key rules pydantic cannot see key by key."""
+    lab_net = profile.lab.nspawn.network if profile.lab.backend == "nspawn" else None
+    if lab_net is not None:
+        gw = host_ip(profile.lab.nspawn.gateway)
+        if gw not in lab_net:
+            yield f"lab.nspawn.gateway: {gw} is outside lab.nspawn.subnet {lab_net}"
+
+    owners: dict[ipaddress.IPv4Address, str] = {}
+    if lab_net is not None:
+        owners[host_ip(profile.lab.nspawn.gateway)] = "lab.nspawn.gateway"
+    for name, spec in profile.machines.items():
+        yield from _claim(owners, host_ip(spec.address), f"machines.{name}.address")
+        if lab_net is not None and host_ip(spec.address) not in lab_net:
+            yield f"machines.{name}.address: {spec.address} is outside the lab subnet {lab_net}"
+
+    vrids: dict[int, str] = {}
+    standbys: dict[str, str] = {}
+    vips: dict[ipaddress.IPv4Address, str] = {}
+    for pname, pair in profile.pairs.items():
+        key = f"pairs.{pname}"
+        if pair.primary not in profile.machines:
+            known = ", ".join(profile.machines)
+            yield f"{key}.primary: {pair.primary!r} is not a key of [machines] (known: {known})"
+        if pair.standby in profile.machines:
+            yield f"{key}.standby: {pair.standby!r} is a production machine; name the standby apart"
+        if pair.standby in standbys:
+            yield f"{key}.standby: {pair.standby!r} is already standby of {standbys[pair.standby]}"
+        standbys.setdefault(pair.standby, key)
+        yield from _claim(owners, host_ip(pair.standby_address), f"{key}.standby_address")
+        if lab_net is not None and host_ip(pair.standby_address) not in lab_net:
+            yield f"{key}.standby_address: {pair.standby_address} is outside lab subnet {lab_net}"
+
+        if pair.vrid in vrids:
+            yield (
+                f"{key}.vrid: {pair.vrid} is already used by {vrids[pair.vrid]}; "
+                "VRIDs must be unique on a segment"
+            )
+        vrids.setdefault(pair.vrid, key)
+
+        if pair.priority.primary <= pair.priority.standby:
+            yield (
+                f"{key}.priority: primary ({pair.priority.primary}) must be higher than "
+                f"standby ({pair.priority.standby})"
+            )
+        if pair.auth_pass is None and pair.auth_pass_env is None:
+            yield f"{key}: set auth_pass or auth_pass_env"
+        elif pair.auth_pass is not None and pair.auth_pass_env is not None:
+            yield f"{key}: set auth_pass or auth_pass_env, not both"
+        elif check_env and pair.auth_pass_env is not None:
+            try:
+                profile.auth_pass(pname)
+            except ProfileError as exc:
+                yield exc.message
+
+        if pair.check is not None:
+            script = profile.base_dir / pair.check.script
+            if not script.is_file():
+                yield f"{key}.check.script: file not found: {script}"
+
+    # every machine address is claimed above, so a VIP is compared against all of them
+    for pname, pair in profile.pairs.items():
+        yield from _vip_problems(profile, pname, pair, owners, vips, lab_net)
+
+
+def _claim(
+    owners: dict[ipaddress.IPv4Address, str], ip: ipaddress.IPv4Address, key: str
+) -> Iterator[str]:
+    if ip in owners:
+        yield f"{key}: {ip} is already used by {owners[ip]}"
+    else:
+        owners[ip] = key
+
+
+def _vip_problems(
+    profile: Profile,
+    pname: str,
+    pair: PairSpec,
+    owners: dict[ipaddress.IPv4Address, str],
+    vips: dict[ipaddress.IPv4Address, str],
+    lab_net: ipaddress.IPv4Network | None,
+) -> Iterator[str]:
+    subnets = []
+    if lab_net is not None:
+        subnets.append(lab_net)
+    primary = profile.machines.get(pair.primary)
+    for address in (primary.address if primary else None, pair.standby_address):
+        if address and "/" in address:
+            subnets.append(ipaddress.IPv4Interface(address).network)
+    for i, vip in enumerate(pair.vip):
+        key = f"pairs.{pname}.vip[{i}]"
+        ip = ipaddress.IPv4Interface(vip).ip
+        if ip in owners:
+            yield f"{key}: {ip} is the address of {owners[ip]}; a virtual IP must be unused"
+        elif ip in vips:
+            yield f"{key}: {ip} is already a virtual IP of {vips[ip]}"
+        else:
+            vips[ip] = f"pairs.{pname}"
+        for net in subnets:
+            if ip not in net:
+                yield f"{key}: {ip} lies outside the machines' subnet {net}"
+                break
