@@ -188,6 +188,24 @@ def render(state: State, pair: str, node: str | None, show_secrets: bool) -> Non
 
 
 # ---------------------------------------------------------------------------
+# Lab lifecycle and clone (nspawn issue): lab image, up, down, status, destroy, clone
+
+# (end of lab lifecycle section)
+
+
+# ---------------------------------------------------------------------------
+# Provisioning (provision issue): provision pair
+
+# (end of provisioning section)
+
+
+# ---------------------------------------------------------------------------
+# Checks and drills (verify issue): verify, failover, doctor
+
+# (end of checks section)
+
+
+# ---------------------------------------------------------------------------
 # Entry point: the one place errors become output and exit codes
 
 
