@@ -107,6 +107,17 @@ class Hypervisor(Protocol):
         """Stop if needed and delete the machine and its disks. Refuses unmanaged machines."""
 
 
+@runtime_checkable
+class VirtualBoxDetails(Protocol):
+    """What only VirtualBox backends can tell; `labctl doctor` uses it when available."""
+
+    def nic_attachment(self, name: str) -> str:
+        """Attachment of the lab NIC: nat, natnetwork, bridged, intnet, hostonly, null, ..."""
+
+    def guest_additions(self, name: str) -> str | None:
+        """Guest Additions version reported by the running guest, or None when absent."""
+
+
 # name -> "module:factory"; imported only when the backend is chosen, so a missing optional
 # dependency (pyvbox) does not break the other backends.
 BACKENDS: dict[str, str] = {
