@@ -118,6 +118,18 @@ class VirtualBoxDetails(Protocol):
         """Guest Additions version reported by the running guest, or None when absent."""
 
 
+@runtime_checkable
+class VrrpPartitioner(Protocol):
+    """Backends that can cut VRRP between two machines on the wire (nspawn: nftables on the
+    lab bridge) while both stay reachable over SSH. Drills fall back to in-guest rules."""
+
+    def block_vrrp(self, a: str, b: str) -> None:
+        """Drop IP protocol 112 between machines a and b, both directions."""
+
+    def unblock_vrrp(self, a: str, b: str) -> None:
+        """Remove what block_vrrp(a, b) added; a no-op when nothing is blocked."""
+
+
 # name -> "module:factory"; imported only when the backend is chosen, so a missing optional
 # dependency (pyvbox) does not break the other backends.
 BACKENDS: dict[str, str] = {
