@@ -1,0 +1,163 @@
+"""Which SSH host keys labctl trusts: trust on first use, refuse a changed key.
+
+Trusted keys come from labctl's own record for the lab (``labctl.paths.known_hosts_path``,
+written on first use and by ``labctl clone`` / the nspawn backend for new machines) and the
+user's ``~/.ssh/known_hosts``. Both are OpenSSH known_hosts files.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paramiko
+
+from labctl.errors import OperationFailed
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """A key's OpenSSH-style fingerprint, ``SHA256:...``."""
+    return str(key.fingerprint)
+
+
+def known_hosts_name(host: str, port: int) -> str:
+    """The name OpenSSH files a host under (``[host]:port`` off port 22)."""
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+class HostKeyChanged(OperationFailed):
+    """A machine offered a host key different from the trusted one (never retried).
+
+    Attributes:
+        offered: the offered key's type and SHA256 fingerprint.
+        trusted: the trusted keys' types and fingerprints, each with the file line holding it.
+    """
+
+    def __init__(self, name: str, host: str, offered: str, trusted: Sequence[str]) -> None:
+        super().__init__(
+            f"{name} ({host}): host key changed: it offered {offered}, but the trusted key is "
+            f"{' / '.join(trusted)}; refusing to connect",
+            hint="if the machine was rebuilt on purpose, remove its old line "
+            f"(ssh-keygen -R '{host}' -f FILE) and run again",
+        )
+        self.offered = offered
+        self.trusted = tuple(trusted)
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    """One known_hosts entry: the host patterns, the key, and ``file:line`` it came from."""
+
+    patterns: tuple[str, ...]
+    key: paramiko.PKey
+    source: str
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    # OpenSSH patterns know only * and ?; "[host]:port" brackets are literal
+    return re.compile("".join({"*": ".*", "?": "."}.get(c, re.escape(c)) for c in pattern))
+
+
+def _name_matches(name: str, patterns: Iterable[str]) -> bool:
+    matched = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        pattern = pattern.removeprefix("!")
+        if pattern.startswith("|1|"):
+            hit = paramiko.HostKeys.hash_host(name, pattern) == pattern
+        else:
+            hit = _glob(pattern).fullmatch(name) is not None
+        if hit and negated:
+            return False
+        matched = matched or hit
+    return matched
+
+
+def _same_key(a: paramiko.PKey, b: paramiko.PKey) -> bool:
+    return a.get_name() == b.get_name() and a.asbytes() == b.asbytes()
+
+
+def _default_user_files() -> tuple[Path, ...]:
+    return (Path("~/.ssh/known_hosts").expanduser(),)
+
+
+@dataclass
+class HostKeyStore:
+    """Trusted host keys: labctl's record (read-write) and the user's known_hosts (read-only).
+
+    A key is trusted when it matches any entry for the host in either file. A host with entries
+    but no matching key is refused (``HostKeyChanged``); a host with no entry at all is trusted
+    on first use and appended to ``record``, with a notice. Safe to share between threads.
+
+    Attributes:
+        record: labctl's record for the lab.
+        user_files: other known_hosts files to trust (read-only).
+        notices: one line per key trusted on first use, for the caller to show.
+    """
+
+    record: Path
+    user_files: tuple[Path, ...] = field(default_factory=_default_user_files)
+    notices: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _entries(self) -> list[TrustedKey]:
+        # read on every check: another labctl process (clone) may have recorded a key meanwhile
+        found: list[TrustedKey] = []
+        for path in (self.record, *self.user_files):
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise OperationFailed(f"cannot read known hosts file {path}: {exc}") from exc
+            for lineno, raw in enumerate(text.splitlines(), 1):
+                line = raw.strip()
+                if not line or line.startswith(("#", "@")):
+                    continue
+                try:
+                    entry = paramiko.hostkeys.HostKeyEntry.from_line(line, lineno)
+                except (paramiko.hostkeys.InvalidHostKey, ValueError, paramiko.SSHException):
+                    log.warning("%s:%d: ignoring unreadable known_hosts line", path, lineno)
+                    continue
+                if entry is not None and entry.key is not None:
+                    found.append(TrustedKey(tuple(entry.hostnames), entry.key, f"{path}:{lineno}"))
+        return found
+
+    def trusted(self, host: str) -> list[TrustedKey]:
+        """Every trusted key recorded for a known_hosts name (``host`` or ``[host]:port``)."""
+        return [t for t in self._entries() if _name_matches(host, t.patterns)]
+
+    def check(self, name: str, host: str, key: paramiko.PKey) -> None:
+        """Accept the key, record it on first use, or raise HostKeyChanged.
+
+        Args:
+            name: the machine's name, for messages.
+            host: its known_hosts name (``host`` or ``[host]:port``).
+            key: the key it offered.
+        """
+        with self._lock:
+            trusted = self.trusted(host)
+            if any(_same_key(t.key, key) for t in trusted):
+                return
+            if trusted:
+                raise HostKeyChanged(
+                    name,
+                    host,
+                    f"{key.get_name()} {fingerprint(key)}",
+                    [f"{t.key.get_name()} {fingerprint(t.key)} ({t.source})" for t in trusted],
+                )
+            self.record.parent.mkdir(parents=True, exist_ok=True)
+            with self.record.open("a", encoding="utf-8") as fh:
+                fh.write(f"{host} {key.get_name()} {key.get_base64()}\n")
+            notice = (
+                f"{name}: trusting new host key {key.get_name()} {fingerprint(key)} for {host} "
+                f"(first use); recorded in {self.record}"
+            )
+            self.notices.append(notice)
+            log.info("%s", notice)
