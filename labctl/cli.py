@@ -7,12 +7,13 @@ place, ``main()``: LabctlError -> ``error: ...`` / ``hint: ...`` on stderr and i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -23,6 +24,9 @@ from labctl import keepalived as ka
 from labctl import profile as profile_mod
 from labctl.errors import EXIT_INTERRUPTED, EXIT_USAGE, LabctlError
 from labctl.profile import Profile
+
+if TYPE_CHECKING:
+    from labctl.ops.provision import ProvisionReport
 
 JsonOpt = click.option("--json", "as_json", is_flag=True, help="Print a JSON document.")
 
@@ -195,6 +199,86 @@ def render(state: State, pair: str, node: str | None, show_secrets: bool) -> Non
 
 # ---------------------------------------------------------------------------
 # Provisioning (provision issue): provision pair
+
+
+class _NoteHandler(logging.Handler):
+    """labctl.* log records as plain lines on whatever stderr is now."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        note(self.format(record))
+
+
+def _provision_logging() -> None:
+    """Show progress and waiting (labctl.* INFO logs) on stderr."""
+    logger = logging.getLogger("labctl")
+    if not any(isinstance(h, _NoteHandler) for h in logger.handlers):
+        logger.addHandler(_NoteHandler())
+        logger.setLevel(logging.INFO)
+
+
+@cli.group("provision")
+def provision_group() -> None:
+    """Install and configure keepalived on the lab's machines over SSH."""
+
+
+@provision_group.command("pair")
+@click.argument("pairs", nargs=-1, metavar="[PAIR]...")
+@click.option("--dry-run", is_flag=True, help="Print a diff per node of what would change.")
+@JsonOpt
+@profile_option
+@pass_state
+def provision_pair(state: State, pairs: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+    """Provision keepalived on both nodes of each PAIR (default: every pair).
+
+    Installs keepalived, pushes the check script and a validated keepalived.conf, starts it
+    (primary first) or reloads it; a node that is already right is not touched.
+    """
+    from contextlib import nullcontext
+
+    from labctl.errors import OperationFailed
+    from labctl.ops.provision import provision
+
+    prof = state.profile(check_env=True)
+    _provision_logging()
+    spinner = stderr_console().status("provisioning") if sys.stderr.isatty() else nullcontext()
+    with spinner:
+        report = provision(prof, list(pairs), dry_run=dry_run)
+    for line in report.notices:
+        note(f"notice: {line}")
+    secrets = prof.secrets()
+    if as_json:
+        click.echo(ka.mask(json.dumps(report.to_json(), indent=2), secrets))
+    else:
+        _render_provision(report, secrets)
+    if not report.ok:
+        raise OperationFailed(f"provisioning failed for pair(s): {', '.join(report.failed)}")
+
+
+def _render_provision(report: ProvisionReport, secrets: list[str]) -> None:
+    if report.dry_run:
+        for pair in report.pairs:
+            for node in pair.nodes:
+                if node.diff:
+                    click.echo(ka.mask(node.diff, secrets), nl=False)
+    rows = []
+    for pair in report.pairs:
+        for node in pair.nodes:
+            detail = ", ".join(node.planned) if report.dry_run else (node.error or "")
+            rows.append(
+                [pair.pair, node.node, node.role, node.status,
+                 "-" if report.dry_run else node.service, ka.mask(detail, secrets) or "-"]
+            )
+    headers = ["pair", "node", "role", "status", "keepalived", "would do" if report.dry_run
+               else "error"]
+    emit_table(headers, rows, title="dry run: nothing was changed" if report.dry_run else "")
+    if report.dry_run:
+        return
+    for pair in report.pairs:
+        state = "active on both nodes" if pair.active_on_both else "NOT active on both nodes"
+        line = f"pair {pair.pair}: keepalived {state}"
+        if pair.error:
+            line += f" ({ka.mask(pair.error, secrets)})"
+        click.echo(line)
 
 # (end of provisioning section)
 

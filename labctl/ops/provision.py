@@ -1,0 +1,276 @@
+"""`labctl provision pair`: keepalived on both nodes of each pair, safely and idempotently.
+
+Per pair: connect once to each node; prepare both nodes concurrently (package, script user,
+check script, a candidate config validated on the machine); only when both are ready commit
+both configs; then start or reload keepalived, primary first so a fresh standby never briefly
+holds the VIP. A node whose config did not change is not touched. Pairs run concurrently and
+one pair's failure does not stop the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from labctl.errors import LabctlError
+from labctl.ops.connect import close_all, connect_each, host_key_store
+from labctl.ops.provision_node import NodeOutcome, NodeSetup, redact
+from labctl.profile import Node, Profile
+from labctl.remote import Remote
+
+log = logging.getLogger(__name__)
+
+Connector = Callable[[Profile, Sequence[Node]], dict[str, Remote | LabctlError]]
+
+
+@dataclass
+class NodeReport:
+    """One node's result, as `labctl provision pair` shows it."""
+
+    pair: str
+    node: str
+    role: str
+    address: str
+    interface: str | None
+    installed: bool
+    user_created: bool
+    script_changed: bool
+    config_changed: bool
+    enabled: bool
+    started: bool
+    reloaded: bool
+    active: bool
+    pid: int
+    planned: list[str]
+    diff: str
+    error: str | None
+
+    @property
+    def status(self) -> str:
+        """failed / installed / changed / unchanged (what happened to this node, in one word)."""
+        if self.error:
+            return "failed"
+        if self.installed:
+            return "installed"
+        if self.config_changed or self.script_changed or self.user_created:
+            return "changed"
+        return "unchanged"
+
+    @property
+    def service(self) -> str:
+        """started / reloaded / left running / inactive."""
+        if self.started:
+            return "started"
+        if self.reloaded:
+            return "reloaded"
+        return "running" if self.active else "inactive"
+
+    @classmethod
+    def of(cls, outcome: NodeOutcome) -> NodeReport:
+        node = outcome.node
+        return cls(
+            pair=node.pair,
+            node=node.name,
+            role=node.role,
+            address=node.ip,
+            interface=outcome.interface,
+            installed=outcome.installed,
+            user_created=outcome.user_created,
+            script_changed=outcome.script_changed,
+            config_changed=outcome.config_changed,
+            enabled=outcome.enabled,
+            started=outcome.started,
+            reloaded=outcome.reloaded,
+            active=outcome.active,
+            pid=outcome.pid,
+            planned=list(outcome.planned),
+            diff=outcome.diff,
+            error=outcome.error,
+        )
+
+    def to_json(self, *, dry_run: bool) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "node": self.node,
+            "role": self.role,
+            "address": self.address,
+            "interface": self.interface,
+            "status": self.status,
+            "installed": self.installed,
+            "user_created": self.user_created,
+            "script_changed": self.script_changed,
+            "config_changed": self.config_changed,
+            "enabled": self.enabled,
+            "started": self.started,
+            "reloaded": self.reloaded,
+            "active": self.active,
+            "error": self.error,
+        }
+        if dry_run:
+            doc["would"] = self.planned
+            doc["diff"] = self.diff
+        return doc
+
+
+@dataclass
+class PairReport:
+    """Both nodes of one pair (primary first) and the pair-level error, if any."""
+
+    pair: str
+    nodes: list[NodeReport]
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(n.error is None for n in self.nodes)
+
+    @property
+    def active_on_both(self) -> bool:
+        return len(self.nodes) == 2 and all(n.active for n in self.nodes)
+
+    def to_json(self, *, dry_run: bool) -> dict[str, Any]:
+        return {
+            "pair": self.pair,
+            "ok": self.ok,
+            "active_on_both": self.active_on_both,
+            "error": self.error,
+            "nodes": [n.to_json(dry_run=dry_run) for n in self.nodes],
+        }
+
+
+@dataclass
+class ProvisionReport:
+    """Every pair provisioned by one command."""
+
+    pairs: list[PairReport]
+    dry_run: bool = False
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(p.ok for p in self.pairs)
+
+    @property
+    def failed(self) -> list[str]:
+        return [p.pair for p in self.pairs if not p.ok]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "dry_run": self.dry_run,
+            "pairs": [p.to_json(dry_run=self.dry_run) for p in self.pairs],
+            "notices": self.notices,
+        }
+
+
+def provision(
+    profile: Profile,
+    pair_names: Sequence[str] = (),
+    *,
+    dry_run: bool = False,
+    connector: Connector | None = None,
+) -> ProvisionReport:
+    """Provision the named pairs (all when none are named) and report per pair and node.
+
+    Raises:
+        ProfileError: an unknown pair name (before anything is contacted).
+    """
+    names = list(dict.fromkeys(pair_names)) or list(profile.pairs)
+    pairs = {name: profile.nodes(name) for name in names}  # ProfileError for unknown names
+    shared = _machines_in_several_pairs(pairs)
+    store = host_key_store(profile)
+    if connector is None:
+
+        def connector(prof: Profile, nodes: Sequence[Node]) -> dict[str, Remote | LabctlError]:
+            return connect_each(prof, nodes, host_keys=store)
+
+    wanted = [n for name, nodes in pairs.items() if name not in shared for n in nodes]
+    remotes = connector(profile, wanted) if wanted else {}
+    try:
+        with ThreadPoolExecutor(max_workers=max(len(pairs), 1)) as pool:
+            futures = [
+                pool.submit(_provision_pair, profile, name, nodes, remotes, dry_run, shared)
+                for name, nodes in pairs.items()
+            ]
+            reports = [f.result() for f in futures]
+    finally:
+        close_all(r for r in remotes.values() if not isinstance(r, LabctlError))
+    return ProvisionReport(reports, dry_run=dry_run, notices=list(store.notices))
+
+
+def _machines_in_several_pairs(pairs: dict[str, tuple[Node, Node]]) -> dict[str, str]:
+    """Pairs that share a machine (one keepalived.conf per machine cannot serve both)."""
+    owner: dict[str, str] = {}
+    shared: dict[str, str] = {}
+    for name, nodes in pairs.items():
+        for node in nodes:
+            if node.name in owner and owner[node.name] != name:
+                message = (
+                    f"{node.name} is in pairs {owner[node.name]} and {name}; labctl writes one "
+                    "keepalived.conf per machine, so provision them separately"
+                )
+                shared[name] = shared[owner[node.name]] = message
+            owner.setdefault(node.name, name)
+    return shared
+
+
+def _provision_pair(
+    profile: Profile,
+    name: str,
+    nodes: tuple[Node, Node],
+    remotes: dict[str, Remote | LabctlError],
+    dry_run: bool,
+    shared: dict[str, str],
+) -> PairReport:
+    secrets = profile.secrets()
+    setups: list[NodeSetup] = []
+    failed: list[NodeOutcome] = []
+    for node in nodes:
+        remote = remotes.get(node.name)
+        if name in shared:
+            failed.append(NodeOutcome(node, error=shared[name]))
+        elif isinstance(remote, LabctlError):
+            failed.append(NodeOutcome(node, error=redact(remote.message, secrets)))
+        elif remote is not None:
+            setups.append(NodeSetup(profile, node, remote, dry_run=dry_run))
+
+    def report(error: str | None = None) -> PairReport:
+        by_name = {s.name: s.outcome for s in setups} | {o.node.name: o for o in failed}
+        return PairReport(name, [NodeReport.of(by_name[n.name]) for n in nodes], error)
+
+    if failed:
+        return report(f"{name}: not provisioned: " + "; ".join(str(o.error) for o in failed))
+
+    def step(setup: NodeSetup, action: Callable[[], None]) -> bool:
+        try:
+            action()
+            return True
+        except LabctlError as exc:
+            setup.outcome.error = redact(exc.message, secrets)
+            log.info("%s: %s", setup.name, setup.outcome.error)
+            return False
+
+    # phase 1, both nodes at once: nothing here disturbs a running keepalived
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        ready = list(pool.map(lambda s: step(s, s.prepare), setups))
+    if dry_run:
+        return report()
+    if not all(ready):
+        for setup in setups:
+            step(setup, setup.discard)
+        bad = [s.name for s, ok in zip(setups, ready, strict=True) if not ok]
+        return report(
+            f"{name}: {' and '.join(bad)} failed; no config was changed on either node"
+        )
+    # phase 2: commit both, then start/reload primary first (nodes are (primary, standby))
+    for setup in setups:
+        if not step(setup, setup.commit):
+            return report(f"{name}: could not put the new config in place on {setup.name}")
+    for setup in setups:
+        if not step(setup, setup.activate):
+            break
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(lambda s: step(s, s.observe), setups))
+    return report()

@@ -1,0 +1,80 @@
+"""`labctl provision pair` wiring: output, --json, --dry-run, exit codes, no secrets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from labctl.errors import LabctlError
+from labctl.ops import provision as provision_mod
+from labctl.profile import Node, Profile
+from labctl.remote import Remote
+from tests.unit.conftest import CliResult
+from tests.unit.provision_fakes import FakeLab
+from tests.unit.test_provision import PROFILE, SECRET
+
+Cli = Callable[..., CliResult]
+
+
+@pytest.fixture
+def lab(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeLab]:
+    monkeypatch.setenv("FRONT_PASS", SECRET)
+    monkeypatch.setenv("LABCTL_HOME", str(tmp_path / "home"))
+    lab = FakeLab()
+    for name, address in (("web", "10.249.90.11/24"), ("web-standby", "10.249.90.21/24"),
+                          ("db", "10.249.90.12/24"), ("db-standby", "10.249.90.22/24")):
+        lab.add(name, address)
+
+    def connect_each(profile: Profile, nodes: Sequence[Node],
+                     **_: object) -> dict[str, Remote | LabctlError]:
+        return {n.name: lab.machines[n.name] for n in nodes}
+
+    monkeypatch.setattr(provision_mod, "connect_each", connect_each)
+    (tmp_path / "check_heartbeat.sh").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "lab.toml").write_text(PROFILE.replace("{primary_prio}", "101"))
+    yield lab
+
+
+def test_provision_prints_a_row_per_node_and_pair_state(cli: Cli, lab: FakeLab,
+                                                        tmp_path: Path) -> None:
+    result = cli("provision", "pair", "back", "-p", str(tmp_path / "lab.toml"))
+    assert result.code == 0, result.err
+    assert result.out.splitlines() == [
+        "PAIR  NODE        ROLE     STATUS     KEEPALIVED  ERROR",
+        "back  db          primary  installed  started     -",
+        "back  db-standby  standby  installed  started     -",
+        "pair back: keepalived active on both nodes",
+    ]
+    assert "db: install keepalived" in result.err  # progress on stderr
+
+
+def test_provision_json_and_failure_exit_code(cli: Cli, lab: FakeLab, tmp_path: Path) -> None:
+    lab.machines["web"].apt_error = "E: Unable to locate package keepalived\n"
+    result = cli("provision", "pair", "--json", "-p", str(tmp_path / "lab.toml"))
+    assert result.code == 1
+    doc = json.loads(result.out)
+    assert [(p["pair"], p["ok"], p["active_on_both"]) for p in doc["pairs"]] == [
+        ("front", False, False), ("back", True, True)
+    ]
+    assert result.err.splitlines()[-1] == "error: provisioning failed for pair(s): front"
+    assert SECRET not in result.out + result.err
+
+
+def test_dry_run_prints_masked_diff_and_touches_nothing(cli: Cli, lab: FakeLab,
+                                                        tmp_path: Path) -> None:
+    result = cli("provision", "pair", "back", "--dry-run", "-p", str(tmp_path / "lab.toml"))
+    assert result.code == 0, result.err
+    assert "+++ db:/etc/keepalived/keepalived.conf (labctl)" in result.out
+    assert "+    auth_pass ********" in result.out
+    assert "dry run: nothing was changed" in result.out
+    assert SECRET not in result.out + result.err
+    assert all(m.mutations() == [] for m in lab.machines.values())
+
+
+def test_unknown_pair_exits_3(cli: Cli, lab: FakeLab, tmp_path: Path) -> None:
+    result = cli("provision", "pair", "nope", "-p", str(tmp_path / "lab.toml"))
+    assert result.code == 3
+    assert result.err.startswith("error: pairs.nope: no such pair")
