@@ -235,8 +235,7 @@ def provision_pair(state: State, pairs: tuple[str, ...], dry_run: bool, as_json:
     """
     from contextlib import nullcontext
 
-    from labctl.errors import OperationFailed
-    from labctl.ops.provision import provision
+    from labctl.ops.provision import ProvisionFailed, provision
 
     prof = state.profile(check_env=True)
     _provision_logging()
@@ -251,7 +250,7 @@ def provision_pair(state: State, pairs: tuple[str, ...], dry_run: bool, as_json:
     else:
         _render_provision(report, secrets)
     if not report.ok:
-        raise OperationFailed(f"provisioning failed for pair(s): {', '.join(report.failed)}")
+        raise ProvisionFailed(report)
 
 
 def _render_provision(report: ProvisionReport, secrets: list[str]) -> None:

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from labctl.errors import LabctlError
+from labctl.errors import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, LabctlError
 from labctl.ops.connect import close_all, connect_each, host_key_store
 from labctl.ops.provision_node import NodeOutcome, NodeSetup, redact
 from labctl.profile import Node, Profile
@@ -47,6 +47,7 @@ class NodeReport:
     planned: list[str]
     diff: str
     error: str | None
+    error_code: int
 
     @property
     def status(self) -> str:
@@ -89,6 +90,7 @@ class NodeReport:
             planned=list(outcome.planned),
             diff=outcome.diff,
             error=outcome.error,
+            error_code=outcome.error_code,
         )
 
     def to_json(self, *, dry_run: bool) -> dict[str, Any]:
@@ -130,6 +132,20 @@ class PairReport:
     def active_on_both(self) -> bool:
         return len(self.nodes) == 2 and all(n.active for n in self.nodes)
 
+    @property
+    def exit_code(self) -> int:
+        """0 when ok; 5 when every failure was a machine not answering; else 1."""
+        if self.ok:
+            return EXIT_OK
+        codes = {n.error_code for n in self.nodes if n.error}
+        return EXIT_UNREACHABLE if codes == {EXIT_UNREACHABLE} else EXIT_FAILED
+
+    @property
+    def problems(self) -> str:
+        """What went wrong, in one line: the nodes' errors, then the pair's own note."""
+        parts = [n.error for n in self.nodes if n.error and n.error not in (self.error or "")]
+        return "; ".join([*parts, *([self.error] if self.error else [])])
+
     def to_json(self, *, dry_run: bool) -> dict[str, Any]:
         return {
             "pair": self.pair,
@@ -156,6 +172,13 @@ class ProvisionReport:
     def failed(self) -> list[str]:
         return [p.pair for p in self.pairs if not p.ok]
 
+    @property
+    def exit_code(self) -> int:
+        codes = {p.exit_code for p in self.pairs} - {EXIT_OK}
+        if not codes:
+            return EXIT_OK
+        return EXIT_UNREACHABLE if codes == {EXIT_UNREACHABLE} else EXIT_FAILED
+
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
@@ -163,6 +186,22 @@ class ProvisionReport:
             "pairs": [p.to_json(dry_run=self.dry_run) for p in self.pairs],
             "notices": self.notices,
         }
+
+
+class ProvisionFailed(LabctlError):
+    """Some pairs failed; one line per failed pair. Exit 5 when all that failed was reach."""
+
+    def __init__(self, report: ProvisionReport) -> None:
+        failed = [p for p in report.pairs if not p.ok]
+        super().__init__(
+            f"provisioning failed for pair(s): {', '.join(p.pair for p in failed)}",
+            hint="fix the cause and run again: what is already right is left alone",
+        )
+        self.exit_code = report.exit_code
+        self.details = [p.problems for p in failed]
+
+    def lines(self) -> list[str]:
+        return [self.message, *self.details]
 
 
 def provision(
@@ -232,7 +271,10 @@ def _provision_pair(
         if name in shared:
             failed.append(NodeOutcome(node, error=shared[name]))
         elif isinstance(remote, LabctlError):
-            failed.append(NodeOutcome(node, error=redact(remote.message, secrets)))
+            failed.append(
+                NodeOutcome(node, error=redact(remote.message, secrets),
+                            error_code=remote.exit_code)
+            )
         elif remote is not None:
             setups.append(NodeSetup(profile, node, remote, dry_run=dry_run))
 
@@ -249,6 +291,7 @@ def _provision_pair(
             return True
         except LabctlError as exc:
             setup.outcome.error = redact(exc.message, secrets)
+            setup.outcome.error_code = exc.exit_code
             log.info("%s: %s", setup.name, setup.outcome.error)
             return False
 

@@ -123,6 +123,7 @@ class NodeOutcome:
     diff: str = ""
     planned: list[str] = field(default_factory=list)
     error: str | None = None
+    error_code: int = 0  # the exit code of the error (5: unreachable)
 
 
 class NodeSetup:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labctl.errors import LabctlError
+from labctl.errors import GuestUnreachable, LabctlError
 from labctl.ops import provision as provision_mod
 from labctl.profile import Node, Profile
 from labctl.remote import Remote
@@ -59,7 +59,12 @@ def test_provision_json_and_failure_exit_code(cli: Cli, lab: FakeLab, tmp_path: 
     assert [(p["pair"], p["ok"], p["active_on_both"]) for p in doc["pairs"]] == [
         ("front", False, False), ("back", True, True)
     ]
-    assert result.err.splitlines()[-1] == "error: provisioning failed for pair(s): front"
+    assert result.err.splitlines()[-3:-1] == [
+        "error: provisioning failed for pair(s): front",
+        "error: web: apt-get install keepalived failed (exit 100): "
+        "E: Unable to locate package keepalived; "
+        "front: web failed; no config was changed on either node",
+    ]
     assert SECRET not in result.out + result.err
 
 
@@ -72,6 +77,20 @@ def test_dry_run_prints_masked_diff_and_touches_nothing(cli: Cli, lab: FakeLab,
     assert "dry run: nothing was changed" in result.out
     assert SECRET not in result.out + result.err
     assert all(m.mutations() == [] for m in lab.machines.values())
+
+
+def test_unreachable_only_exits_5(cli: Cli, lab: FakeLab, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def connect_each(profile: Profile, nodes: Sequence[Node],
+                     **_: object) -> dict[str, Remote | LabctlError]:
+        return {n.name: GuestUnreachable(f"{n.name} did not answer SSH within 90 s")
+                if n.name == "db-standby" else lab.machines[n.name] for n in nodes}
+
+    monkeypatch.setattr(provision_mod, "connect_each", connect_each)
+    result = cli("provision", "pair", "-p", str(tmp_path / "lab.toml"))
+    assert result.code == 5
+    assert "error: back: not provisioned: db-standby did not answer SSH within 90 s" in result.err
+    assert "pair front: keepalived active on both nodes" in result.out
 
 
 def test_unknown_pair_exits_3(cli: Cli, lab: FakeLab, tmp_path: Path) -> None:
