@@ -60,7 +60,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -161,7 +161,9 @@ class Lab:
             f"{self.profile.ssh.user}@{self.ip(name)}",
         ]
 
-    def ssh(self, name: str, command: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def ssh(
+        self, name: str, command: str, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*self.ssh_argv(name), command],
             capture_output=True,
@@ -230,18 +232,26 @@ def _check_prerequisites() -> None:
 
 def _used_networks() -> list[ipaddress.IPv4Network]:
     used = []
-    routes = json.loads(subprocess.run(
-        ["ip", "-j", "-4", "route", "show", "table", "all"], capture_output=True, text=True,
-        check=True,
-    ).stdout or "[]")
+    routes = json.loads(
+        subprocess.run(
+            ["ip", "-j", "-4", "route", "show", "table", "all"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        or "[]"
+    )
     for route in routes:
         dst = route.get("dst", "")
         if dst and dst != "default":
             with contextlib.suppress(ValueError):
                 used.append(ipaddress.IPv4Network(dst, strict=False))
-    addrs = json.loads(subprocess.run(
-        ["ip", "-j", "-4", "addr"], capture_output=True, text=True, check=True
-    ).stdout or "[]")
+    addrs = json.loads(
+        subprocess.run(
+            ["ip", "-j", "-4", "addr"], capture_output=True, text=True, check=True
+        ).stdout
+        or "[]"
+    )
     for link in addrs:
         for a in link.get("addr_info", []):
             used.append(ipaddress.IPv4Network(f"{a['local']}/{a['prefixlen']}", strict=False))
@@ -486,9 +496,7 @@ def _pair(env: LabEnv, directory: Path) -> LabPair:
 
 
 @pytest.fixture(scope="session")
-def shared_pair(
-    lab_env: LabEnv, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LabPair]:
+def shared_pair(lab_env: LabEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPair]:
     pair = _pair(lab_env, tmp_path_factory.mktemp("shared-pair"))
     yield pair
     lab_ops.destroy(pair.profile, pair.hv)
@@ -499,5 +507,3 @@ def fresh_pair(lab_env: LabEnv, tmp_path_factory: pytest.TempPathFactory) -> Ite
     pair = _pair(lab_env, tmp_path_factory.mktemp("fresh-pair"))
     yield pair
     lab_ops.destroy(pair.profile, pair.hv)
-
-
