@@ -91,6 +91,10 @@ class NspawnHypervisor:
         """The machine's root tree (for overlay machines: the mount point, empty when idle)."""
         return self.machine_dir(name) / "root"
 
+    def console_log(self, name: str) -> Path:
+        """The guest's console output since its last start."""
+        return self.machine_dir(name) / "console.log"
+
     def unit(self, name: str) -> str:
         return "l" + _digest(str(self.machine_dir(name).resolve()))
 
@@ -289,7 +293,7 @@ class NspawnHypervisor:
         )
         inner = f"set -e\n{self._mount_cmd(rec)}exec {nspawn}"
         launcher = f"{join}exec unshare -m --propagation private sh -c {shlex.quote(inner)}"
-        log = self.machine_dir(name) / "console.log"
+        log = self.console_log(name)
         out = net.run(
             ["sh", "-c", 'setsid sh -c "$0" </dev/null >"$1" 2>&1 & echo $!', launcher, str(log)]
         )
