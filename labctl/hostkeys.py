@@ -52,11 +52,20 @@ class HostKeyChanged(OperationFailed):
 
 @dataclass(frozen=True)
 class TrustedKey:
-    """One known_hosts entry: the host patterns, the key, and ``file:line`` it came from."""
+    """One known_hosts entry: the host patterns, the key, and ``file:line`` it came from.
+
+    ``key`` is None for an entry labctl cannot read (bad base64, unknown type): it still
+    counts as a record for its hosts, so a broken line never turns into trust on first use.
+    """
 
     patterns: tuple[str, ...]
-    key: paramiko.PKey
+    key: paramiko.PKey | None
     source: str
+
+    def describe(self) -> str:
+        if self.key is None:
+            return f"an unreadable entry ({self.source})"
+        return f"{self.key.get_name()} {fingerprint(self.key)} ({self.source})"
 
 
 def _glob(pattern: str) -> re.Pattern[str]:
@@ -120,13 +129,15 @@ class HostKeyStore:
                 line = raw.strip()
                 if not line or line.startswith(("#", "@")):
                     continue
+                source = f"{path}:{lineno}"
                 try:
                     entry = paramiko.hostkeys.HostKeyEntry.from_line(line, lineno)
                 except (paramiko.hostkeys.InvalidHostKey, ValueError, paramiko.SSHException):
-                    log.warning("%s:%d: ignoring unreadable known_hosts line", path, lineno)
-                    continue
+                    entry = None
                 if entry is not None and entry.key is not None:
-                    found.append(TrustedKey(tuple(entry.hostnames), entry.key, f"{path}:{lineno}"))
+                    found.append(TrustedKey(tuple(entry.hostnames), entry.key, source))
+                else:
+                    found.append(TrustedKey(tuple(line.split()[0].split(",")), None, source))
         return found
 
     def trusted(self, host: str) -> list[TrustedKey]:
@@ -143,14 +154,14 @@ class HostKeyStore:
         """
         with self._lock:
             trusted = self.trusted(host)
-            if any(_same_key(t.key, key) for t in trusted):
+            if any(t.key is not None and _same_key(t.key, key) for t in trusted):
                 return
             if trusted:
                 raise HostKeyChanged(
                     name,
                     host,
                     f"{key.get_name()} {fingerprint(key)}",
-                    [f"{t.key.get_name()} {fingerprint(t.key)} ({t.source})" for t in trusted],
+                    [t.describe() for t in trusted],
                 )
             self.record.parent.mkdir(parents=True, exist_ok=True)
             with self.record.open("a", encoding="utf-8") as fh:

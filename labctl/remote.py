@@ -337,7 +337,8 @@ class SshRemote:
         """
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(_StorePolicy(host_keys, endpoint))
-        trusted_types = [t.key.get_name() for t in host_keys.trusted(endpoint.known_hosts_name)]
+        trusted = host_keys.trusted(endpoint.known_hosts_name)
+        trusted_types = [t.key.get_name() for t in trusted if t.key is not None]
         try:
             client.connect(
                 endpoint.host,

@@ -99,7 +99,7 @@ def interpret_config_test(result: Result) -> str | None:
     problems = [line.strip() for line in output.splitlines() if _CONFIG_TEST_PROBLEM.search(line)]
     if result.exit_code == 0 and not problems:
         return None
-    if result.exit_code == 143 and not problems:
+    if result.exit_code in (143, -1) and not problems:  # -1: killed, no exit status
         return None
     shown = problems or output.splitlines()[-10:] or ["(no output)"]
     return f"keepalived -t exited {result.exit_code}: " + "; ".join(shown[-10:])
@@ -255,7 +255,8 @@ class NodeSetup:
         # keepalived -t on a missing file exits 0: test existence in the same shell
         result = self.remote.run(
             ["sh", "-c", '[ -s "$1" ] || { echo "labctl: $1 is missing" >&2; exit 90; }; '
-             'exec keepalived -t -f "$1"', "sh", CANDIDATE_PATH],
+             # not exec: when keepalived is killed, sh reports 143 (ssh alone reports no status)
+             'keepalived -t -f "$1"; exit $?', "sh", CANDIDATE_PATH],
             check=False,
         )
         problem = (

@@ -270,3 +270,12 @@ def test_host_key_store_matches_hashed_names_and_ports(tmp_path: Path) -> None:
     assert len(store.notices) == 1
     assert (tmp_path / "record").read_text().startswith("[10.0.0.5]:2222 ecdsa-sha2-nistp256 ")
 
+
+def test_unreadable_entry_for_a_host_is_never_trust_on_first_use(tmp_path: Path) -> None:
+    record = tmp_path / "record"
+    record.write_text("10.0.0.7 ssh-ed25519 not-base64!\n10.0.0.8 ssh-ed25519\n")
+    store = HostKeyStore(record, user_files=())
+    with pytest.raises(HostKeyChanged, match=r"unreadable entry \(.*record:1\)"):
+        store.check("m", "10.0.0.7", paramiko.ECDSAKey.generate())
+    assert store.notices == []
+
