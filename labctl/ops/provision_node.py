@@ -203,8 +203,11 @@ class NodeSetup:
     def _install(self) -> None:
         try:
             self.remote.run(
+                # VRRP needs none of keepalived's recommends (ipvsadm, perl via SNMP): fewer
+                # packages on production machines and a third of the install time
                 ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
-                 "-o", "Dpkg::Options::=--force-confold", "keepalived"]
+                 "--no-install-recommends", "-o", "Dpkg::Options::=--force-confold",
+                 "keepalived"]
             )
         except CommandFailed as exc:
             raise OperationFailed(
@@ -332,8 +335,20 @@ class NodeSetup:
                 + (f"\n{redact(journal, self.profile.secrets())}" if journal else "")
             ) from exc
 
+    @property
+    def touched(self) -> bool:
+        """Whether this run changed anything on the node."""
+        o = self.outcome
+        return any((o.installed, o.user_created, o.script_changed, o.config_changed, o.enabled,
+                    o.started, o.reloaded))
+
     def observe(self) -> None:
         """Record whether keepalived runs now, and its PID."""
+        if not self.touched and self.probe is not None:
+            # nothing was done here: what the probe saw a moment ago still holds
+            self.outcome.active = self.probe.active
+            self.outcome.pid = self.probe.pid
+            return
         out = self.remote.run(
             ["sh", "-c", "systemctl is-active keepalived; "
              "systemctl show -p MainPID --value keepalived"],
