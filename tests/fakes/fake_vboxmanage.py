@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env -S python3 -I -S
 """FAKE VBoxManage: VirtualBox cannot run here, so this script plays it for tests.
 
 It emulates the subset of the VBoxManage CLI labctl uses, with the real output formats
