@@ -1,0 +1,96 @@
+"""The contract suite's harness: what a backend must provide to be tested, and the registry.
+
+Every test in tests/contract runs once per entry of ``CONTRACT_BACKENDS``. An entry is a
+factory that sets up one backend for one test and tears it down afterwards::
+
+    @contract_backend("nspawn")
+    def nspawn_backend(env: ContractEnv) -> Iterator[ContractBackend]:
+        lab = ...                      # build what the backend needs under env.tmp_path
+        try:
+            yield ContractBackend(
+                hypervisor=...,        # the labctl.hypervisor.Hypervisor under test
+                make_machine=...,      # create a stopped machine labctl did NOT create
+                mac_of=...,            # the lab NIC's MAC, observed outside the backend
+                link_up=...,           # is the lab NIC's cable connected, observed outside
+            )
+        finally:
+            ...                        # remove every machine, bridge, process, directory
+
+The factory's name is the test id suffix: say how the backend runs (``vboxmanage-fake-no-
+virtualbox-here``, ``nspawn-real``). Put it in a module ``tests/contract/backends_<name>.py``
+and import that module in ``tests/contract/conftest.py``; that is all.
+
+The probes (``mac_of``, ``link_up``) look from outside the Hypervisor interface (the fake's
+state, ``ip link`` on the host side of a veth...), so the suite checks what a user would see, not
+what the backend says about itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from labctl.hypervisor import Hypervisor
+
+
+@dataclass(frozen=True)
+class ContractEnv:
+    """What a backend factory gets: a private directory and pytest's monkeypatch."""
+
+    tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch
+
+
+@dataclass(frozen=True)
+class ContractBackend:
+    """One backend set up for one test.
+
+    Attributes:
+        hypervisor: the backend under test.
+        make_machine: create a stopped, bootable machine that labctl did not create (like a
+            user's production VM), whose guest can run ``/bin/sh`` through exec_in_guest.
+        mac_of: the MAC address of a machine's lab NIC, observed outside the backend.
+        link_up: whether a machine's lab NIC has its cable connected, observed outside.
+    """
+
+    hypervisor: Hypervisor
+    make_machine: Callable[[str], None]
+    mac_of: Callable[[str], str]
+    link_up: Callable[[str], bool]
+
+
+BackendFactory = Callable[[ContractEnv], AbstractContextManager[ContractBackend]]
+CONTRACT_BACKENDS: dict[str, BackendFactory] = {}
+
+
+def contract_backend(
+    backend_id: str,
+) -> Callable[[Callable[[ContractEnv], Iterator[ContractBackend]]], BackendFactory]:
+    """Register a generator factory under ``backend_id`` (the parametrized test id)."""
+
+    def register(factory: Callable[[ContractEnv], Iterator[ContractBackend]]) -> BackendFactory:
+        if backend_id in CONTRACT_BACKENDS:
+            raise ValueError(f"contract backend {backend_id!r} registered twice")
+        wrapped = contextmanager(factory)
+        CONTRACT_BACKENDS[backend_id] = wrapped
+        return wrapped
+
+    return register
+
+
+def eventually(condition: Callable[[], bool], what: str, *, deadline: float = 60.0) -> None:
+    """Await a condition a backend reaches asynchronously (a graceful stop), polling it.
+
+    The deadline only keeps a broken backend from hanging the suite; it is not a timing
+    assertion. Fakes reach the condition within a few polls.
+    """
+    end = time.monotonic() + deadline
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"{what}: not reached within {deadline:.0f} s")
+        time.sleep(0.02)
