@@ -277,7 +277,9 @@ class PyVBoxHypervisor:
             try:
                 self._check_progress(progress, f"starting {name}")
             finally:
-                session.unlock_machine()
+                # a launch that failed leaves the session unlocked: don't mask its error
+                with contextlib.suppress(Exception):
+                    session.unlock_machine()
 
     def stop(self, name: str, *, hard: bool = False) -> None:
         """power_down (hard) or power_button (graceful, returns before the guest is down)."""

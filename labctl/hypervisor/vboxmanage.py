@@ -283,14 +283,17 @@ class VBoxManageHypervisor:
                 "--wait-stdout", "--wait-stderr", "--", *argv,
                 check=False, timeout=timeout + 30,
             )  # fmt: skip
-        code = result.code
+        code, stderr = result.code, result.stderr
         if code == 0:
             guest_code = 0
-        elif _MAPPED_FIRST <= code <= _MAPPED_LAST + 1:
-            guest_code = code - _MAPPED_FIRST + 1  # 126 means "94 or higher"
+        elif _MAPPED_FIRST <= code <= _MAPPED_LAST:
+            guest_code = code - _MAPPED_FIRST + 1
+        elif code == _MAPPED_LAST + 1:
+            guest_code = _MAPPED_LAST - _MAPPED_FIRST + 2  # 94: VBoxManage folds 94..255 into 126
+            stderr += "labctl: the guest's exit code was 94 or higher (VBoxManage cannot tell)\n"
         else:
             raise self._failure(result)
-        return ExecResult(tuple(argv), guest_code, result.stdout, result.stderr)
+        return ExecResult(tuple(argv), guest_code, result.stdout, stderr)
 
     def destroy(self, name: str) -> None:
         """Power off if needed, then unregistervm --delete. Only VMs tagged for this lab."""

@@ -6,11 +6,13 @@ It emulates the subset of the VBoxManage CLI labctl uses, with the real output f
 "Value: ..." / "No value set!"), the real error lines (``VBoxManage: error: ...`` with
 Details/Context) and exit codes (1 for errors, 2 for syntax errors, guestcontrol's mapping of
 guest exit codes: 1..93 -> 33..125, 94 and above -> 126). State lives in the JSON file named by
-$FAKE_VBOX_STATE (see vbox_world.py).
+$FAKE_VBOX_STATE (see vbox_world.py); with $FAKE_VBOX_LOG set, each argv is
+appended to that file as a JSON line.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -367,6 +369,10 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
+    log = os.environ.get("FAKE_VBOX_LOG")
+    if log:  # lets tests see exactly which command lines labctl ran
+        with open(log, "a") as calls:
+            calls.write(json.dumps(argv) + "\n")
     with opened(Path(state)) as world:
         if argv in (["--version"], ["-v"]):
             print(world.version)
