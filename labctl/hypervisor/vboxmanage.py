@@ -90,9 +90,10 @@ class VBoxManageHypervisor:
                 argv, capture_output=True, text=True, timeout=timeout, check=False,
                 stdin=subprocess.DEVNULL,
             )  # fmt: skip
-        except FileNotFoundError as exc:
+        except OSError as exc:  # missing, not executable, ...
             raise BackendUnavailable(
-                f"VBoxManage not found: {self.executable!r}", hint=INSTALL_HINT
+                f"cannot run VBoxManage ({self.executable!r}): {exc.strerror or exc}",
+                hint=INSTALL_HINT,
             ) from exc
         except subprocess.TimeoutExpired as exc:
             raise OperationFailed(
@@ -163,14 +164,15 @@ class VBoxManageHypervisor:
         """Every registered VM tagged with this lab's name."""
         machines = []
         for line in self._vbox("list", "vms").stdout.splitlines():
-            vm_name, _, _uuid = line.rpartition(" ")
-            vm_name = vm_name.strip().removeprefix('"').removesuffix('"')
-            if (
-                vm_name
-                and vm_name != "<inaccessible>"
-                and self._extradata(vm_name, TAG_KEY) == (self.lab)
-            ):
-                machines.append(self.inspect(vm_name))
+            # '"name" {uuid}'; names may contain spaces and quotes, the uuid never does
+            vm_name = line.rpartition(" ")[0].strip().removeprefix('"').removesuffix('"')
+            if not vm_name or vm_name == "<inaccessible>":
+                continue
+            if self._extradata(vm_name, TAG_KEY) != self.lab:
+                continue
+            info = self._info(vm_name)
+            if info is not None:  # unregistered in between
+                machines.append(Machine(vm_name, self._state(vm_name, info), None, True))
         return machines
 
     def clone(self, source: str, target: str, *, linked: bool = False) -> None:

@@ -72,6 +72,7 @@ def vboxmanage_backend(env: ContractEnv) -> Iterator[ContractBackend]:
     yield ContractBackend(
         hypervisor=hypervisor,
         make_machine=make_machine,
+        make_foreign=make_machine,  # VirtualBox production VMs are the user's, not labctl's
         mac_of=lambda name: _mac(peek().find(name)),
         link_up=lambda name: _link_up(peek().find(name)),
     )
@@ -94,6 +95,7 @@ def pyvbox_backend(env: ContractEnv) -> Iterator[ContractBackend]:
     yield ContractBackend(
         hypervisor=hypervisor,
         make_machine=make_machine,
+        make_foreign=make_machine,  # VirtualBox production VMs are the user's, not labctl's
         mac_of=lambda name: _mac(world.find(name)),
         link_up=lambda name: _link_up(world.find(name)),
     )

@@ -9,7 +9,8 @@ factory that sets up one backend for one test and tears it down afterwards::
         try:
             yield ContractBackend(
                 hypervisor=...,        # the labctl.hypervisor.Hypervisor under test
-                make_machine=...,      # create a stopped machine labctl did NOT create
+                make_machine=...,      # a stopped production machine, as the backend has it
+                make_foreign=...,      # a stopped machine labctl did NOT create
                 mac_of=...,            # the lab NIC's MAC, observed outside the backend
                 link_up=...,           # is the lab NIC's cable connected, observed outside
             )
@@ -52,14 +53,18 @@ class ContractBackend:
 
     Attributes:
         hypervisor: the backend under test.
-        make_machine: create a stopped, bootable machine that labctl did not create (like a
-            user's production VM), whose guest can run ``/bin/sh`` through exec_in_guest.
+        make_machine: create a stopped, bootable production machine as it exists on this
+            backend before labctl clones it (VirtualBox: the user's VM, not labctl's; nspawn:
+            made from the image), whose guest runs ``/bin/sh`` through exec_in_guest.
+        make_foreign: create a stopped machine labctl did not create (destroy must refuse it,
+            list must not show it). May be make_machine where production is not labctl's.
         mac_of: the MAC address of a machine's lab NIC, observed outside the backend.
         link_up: whether a machine's lab NIC has its cable connected, observed outside.
     """
 
     hypervisor: Hypervisor
     make_machine: Callable[[str], None]
+    make_foreign: Callable[[str], None]
     mac_of: Callable[[str], str]
     link_up: Callable[[str], bool]
 

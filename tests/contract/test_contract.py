@@ -1,7 +1,8 @@
 """The Hypervisor contract: one suite, run against every backend in CONTRACT_BACKENDS.
 
-Each test states a behaviour labctl's operations rely on. Machines: ``prod`` is a machine the
-user made (labctl did not create it), ``standby`` is labctl's clone of it.
+Each test states a behaviour labctl's operations rely on. Machines: ``prod`` is a production
+machine as the backend has it, ``standby`` is labctl's clone of it, ``foreign`` and ``taken``
+are machines labctl did not create.
 """
 
 from __future__ import annotations
@@ -27,11 +28,16 @@ def test_unknown_machine_is_absent(backend: ContractBackend) -> None:
     assert state(backend, "no-such-machine") is MachineState.ABSENT
 
 
-def test_fresh_machine_is_stopped_and_not_labctls(backend: ContractBackend) -> None:
+def test_fresh_machine_is_stopped(backend: ContractBackend) -> None:
     backend.make_machine("prod")
-    machine = backend.hypervisor.inspect("prod")
+    assert state(backend, "prod") is MachineState.STOPPED
+
+
+def test_foreign_machine_is_not_labctls(backend: ContractBackend) -> None:
+    backend.make_foreign("foreign")
+    machine = backend.hypervisor.inspect("foreign")
     assert (machine.state, machine.managed) == (MachineState.STOPPED, False)
-    assert "prod" not in managed_names(backend)
+    assert "foreign" not in managed_names(backend)
 
 
 @pytest.mark.parametrize("linked", [False, True], ids=["full", "linked"])
@@ -39,18 +45,19 @@ def test_clone_is_a_stopped_managed_copy_with_new_mac_and_cable_out(
     backend: ContractBackend, linked: bool
 ) -> None:
     backend.make_machine("prod")
+    prod_before = backend.hypervisor.inspect("prod")
     prod_mac = backend.mac_of("prod")
+    listed_before = managed_names(backend)
 
     backend.hypervisor.clone("prod", "standby", linked=linked)
 
     standby = backend.hypervisor.inspect("standby")
     assert (standby.state, standby.managed) == (MachineState.STOPPED, True)
-    assert managed_names(backend) == {"standby"}
+    assert managed_names(backend) == listed_before | {"standby"}
     assert backend.mac_of("standby") != prod_mac
     assert backend.link_up("standby") is False
     # the source is untouched
-    prod = backend.hypervisor.inspect("prod")
-    assert (prod.state, prod.managed) == (MachineState.STOPPED, False)
+    assert backend.hypervisor.inspect("prod") == prod_before
     assert backend.mac_of("prod") == prod_mac
     assert backend.link_up("prod") is True
 
@@ -66,16 +73,17 @@ def test_clone_of_running_source_keeps_it_running(backend: ContractBackend) -> N
 
 
 def test_clone_of_missing_source_fails_and_leaves_no_target(backend: ContractBackend) -> None:
+    listed_before = managed_names(backend)
     with pytest.raises(LabctlError) as failure:
         backend.hypervisor.clone("no-such-machine", "standby")
     assert failure.value.exit_code == EXIT_FAILED
     assert state(backend, "standby") is MachineState.ABSENT
-    assert managed_names(backend) == set()
+    assert managed_names(backend) == listed_before
 
 
 def test_clone_onto_an_existing_machine_fails_and_keeps_it(backend: ContractBackend) -> None:
     backend.make_machine("prod")
-    backend.make_machine("taken")
+    backend.make_foreign("taken")
     taken_mac = backend.mac_of("taken")
 
     with pytest.raises(LabctlError):
@@ -166,26 +174,27 @@ def test_stop_of_a_stopped_machine_changes_nothing(backend: ContractBackend) -> 
 def test_destroy_removes_a_running_clone(backend: ContractBackend) -> None:
     backend.make_machine("prod")
     hv = backend.hypervisor
+    listed_before = managed_names(backend)
     hv.clone("prod", "standby")
     hv.start("standby")
 
     hv.destroy("standby")
 
     assert state(backend, "standby") is MachineState.ABSENT
-    assert managed_names(backend) == set()
+    assert managed_names(backend) == listed_before
     assert state(backend, "prod") is MachineState.STOPPED
 
 
 def test_destroy_refuses_a_machine_labctl_did_not_create(backend: ContractBackend) -> None:
-    backend.make_machine("prod")
-    backend.hypervisor.start("prod")
+    backend.make_foreign("foreign")
+    backend.hypervisor.start("foreign")
 
     with pytest.raises(LabctlError) as failure:
-        backend.hypervisor.destroy("prod")
+        backend.hypervisor.destroy("foreign")
 
     assert failure.value.exit_code == EXIT_FAILED
-    assert "prod" in failure.value.message
-    assert state(backend, "prod") is MachineState.RUNNING
+    assert "foreign" in failure.value.message
+    assert state(backend, "foreign") is MachineState.RUNNING
 
 
 @pytest.mark.parametrize("exit_code", [0, 3])

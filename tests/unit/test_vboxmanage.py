@@ -108,6 +108,16 @@ def test_missing_vboxmanage_path_fails_every_call_the_same_way(tmp_path: Path) -
     assert failure.value.exit_code == EXIT_BACKEND
 
 
+def test_vboxmanage_that_is_not_executable_is_backend_unavailable(tmp_path: Path) -> None:
+    not_executable = tmp_path / "VBoxManage"
+    not_executable.write_text("#!/bin/sh\n")
+    hv = get_hypervisor(vbox_profile("vboxmanage", vboxmanage=str(not_executable)))
+    with pytest.raises(LabctlError) as failure:
+        hv.check()
+    assert failure.value.exit_code == EXIT_BACKEND
+    assert "Permission denied" in failure.value.message
+
+
 def test_check_passes_with_a_working_vboxmanage(host: FakeHost) -> None:
     backend().check()
     assert ["--version"] in host.calls()
