@@ -73,6 +73,7 @@ def vboxmanage_backend(env: ContractEnv) -> Iterator[ContractBackend]:
         hypervisor=hypervisor,
         make_machine=make_machine,
         make_foreign=make_machine,  # VirtualBox production VMs are the user's, not labctl's
+        exists=lambda name: name in peek().machines,
         mac_of=lambda name: _mac(peek().find(name)),
         link_up=lambda name: _link_up(peek().find(name)),
     )
@@ -96,6 +97,7 @@ def pyvbox_backend(env: ContractEnv) -> Iterator[ContractBackend]:
         hypervisor=hypervisor,
         make_machine=make_machine,
         make_foreign=make_machine,  # VirtualBox production VMs are the user's, not labctl's
+        exists=lambda name: name in world.machines,
         mac_of=lambda name: _mac(world.find(name)),
         link_up=lambda name: _link_up(world.find(name)),
     )

@@ -10,7 +10,8 @@ factory that sets up one backend for one test and tears it down afterwards::
             yield ContractBackend(
                 hypervisor=...,        # the labctl.hypervisor.Hypervisor under test
                 make_machine=...,      # a stopped production machine, as the backend has it
-                make_foreign=...,      # a stopped machine labctl did NOT create
+                make_foreign=...,      # a stopped machine labctl did NOT create for this lab
+                exists=...,            # does a machine of that name exist, seen from outside
                 mac_of=...,            # the lab NIC's MAC, observed outside the backend
                 link_up=...,           # is the lab NIC's cable connected, observed outside
             )
@@ -56,8 +57,11 @@ class ContractBackend:
         make_machine: create a stopped, bootable production machine as it exists on this
             backend before labctl clones it (VirtualBox: the user's VM, not labctl's; nspawn:
             made from the image), whose guest runs ``/bin/sh`` through exec_in_guest.
-        make_foreign: create a stopped machine labctl did not create (destroy must refuse it,
-            list must not show it). May be make_machine where production is not labctl's.
+        make_foreign: create a stopped machine labctl did not create for this lab (VirtualBox:
+            any VM without the lab's tag; nspawn: a machine of another lab). list must not show
+            it; inspect reports it unmanaged or, where the backend only sees its own lab, ABSENT;
+            destroy must leave it alone (refuse, or not see it).
+        exists: whether a machine of that name exists, observed outside the backend.
         mac_of: the MAC address of a machine's lab NIC, observed outside the backend.
         link_up: whether a machine's lab NIC has its cable connected, observed outside.
     """
@@ -65,6 +69,7 @@ class ContractBackend:
     hypervisor: Hypervisor
     make_machine: Callable[[str], None]
     make_foreign: Callable[[str], None]
+    exists: Callable[[str], bool]
     mac_of: Callable[[str], str]
     link_up: Callable[[str], bool]
 
