@@ -123,7 +123,9 @@ class VirtualBoxSettings(BaseModel):
     vboxmanage: str = Field("VBoxManage", description="VBoxManage executable")
     nic: int = Field(1, description="the adapter (1-based) that carries the lab network")
     guest_user: str | None = Field(
-        None, description="guest account for exec-in-guest (guestcontrol); None = not available"
+        None,
+        description="guest account for exec-in-guest (guestcontrol); root, as labctl runs "
+        "guest commands as root; None = exec-in-guest unavailable",
     )
     guest_password_env: str | None = Field(
         None, description="environment variable holding guest_user's password (never stored)"

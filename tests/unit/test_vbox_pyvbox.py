@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from labctl.errors import EXIT_BACKEND, EXIT_FAILED, LabctlError
-from labctl.hypervisor import MachineState, VirtualBoxDetails, get_hypervisor
+from labctl.hypervisor import Hypervisor, MachineState, VirtualBoxDetails, get_hypervisor
 from labctl.hypervisor.pyvbox import PyVBoxHypervisor
 from tests.contract.backends_vbox import (
     GUEST_PASSWORD,
@@ -44,8 +44,11 @@ def backend(nic: int = 1) -> PyVBoxHypervisor:
     return hv
 
 
-def test_it_is_a_virtualbox_details_provider(world: World) -> None:
-    assert isinstance(backend(), VirtualBoxDetails)
+def test_it_is_a_hypervisor_and_a_virtualbox_details_provider(world: World) -> None:
+    # the annotations make mypy check the protocols structurally; isinstance checks at runtime
+    hypervisor: Hypervisor = backend()
+    details: VirtualBoxDetails = backend()
+    assert isinstance(hypervisor, Hypervisor) and isinstance(details, VirtualBoxDetails)
 
 
 def test_nat_attachment_is_reported_for_the_lab_nic(world: World) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from labctl.errors import EXIT_BACKEND, EXIT_FAILED, EXIT_PROFILE, LabctlError
-from labctl.hypervisor import MachineState, VirtualBoxDetails, get_hypervisor
+from labctl.hypervisor import Hypervisor, MachineState, VirtualBoxDetails, get_hypervisor
 from labctl.hypervisor.vboxmanage import VBoxManageHypervisor, parse_machinereadable
 from tests.contract.backends_vbox import (
     FAKE_VBOXMANAGE,
@@ -62,8 +62,11 @@ def backend(nic: int = 1) -> VBoxManageHypervisor:
     return hv
 
 
-def test_it_is_a_virtualbox_details_provider(host: FakeHost) -> None:
-    assert isinstance(backend(), VirtualBoxDetails)
+def test_it_is_a_hypervisor_and_a_virtualbox_details_provider(host: FakeHost) -> None:
+    # the annotations make mypy check the protocols structurally; isinstance checks at runtime
+    hypervisor: Hypervisor = backend()
+    details: VirtualBoxDetails = backend()
+    assert isinstance(hypervisor, Hypervisor) and isinstance(details, VirtualBoxDetails)
 
 
 def test_nat_attachment_is_reported_for_the_lab_nic(host: FakeHost) -> None:
