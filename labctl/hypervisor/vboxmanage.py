@@ -213,13 +213,14 @@ class VBoxManageHypervisor:
 
     def start(self, name: str) -> None:
         """startvm --type headless, after applying the remembered link state. No-op if running."""
-        state = self._state(name, self._require(name))
+        info = self._require(name)
+        state = self._state(name, info)
         if state is MachineState.RUNNING:
             return
         if state is MachineState.PAUSED:
             raise OperationFailed(f"{name} is paused; resume it instead of starting it")
         link = self._extradata(name, LINK_KEY)
-        if link in ("on", "off"):
+        if link in ("on", "off") and info.get(f"cableconnected{self.nic}") != link:
             self._vbox("modifyvm", name, f"--cableconnected{self.nic}", link)
         self._vbox("startvm", name, "--type", "headless")
 
