@@ -11,16 +11,15 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from labctl.hypervisor import get_hypervisor
 from labctl.profile import Profile
 from tests.contract.harness import ContractBackend, ContractEnv, contract_backend
 from tests.fakes.fake_virtualbox import FakeVirtualBoxApi
+from tests.fakes.install import install_vboxmanage
 from tests.fakes.vbox_world import STOPPED_STATES, Vm, World, opened
 
-FAKE_VBOXMANAGE = Path(__file__).resolve().parent.parent / "fakes" / "fake_vboxmanage.py"
 GUEST_USER = "labctl"
 GUEST_PASSWORD_ENV = "LABCTL_CONTRACT_GUEST_PASSWORD"
 GUEST_PASSWORD = "contract-guest-pw"
@@ -59,7 +58,8 @@ def vboxmanage_backend(env: ContractEnv) -> Iterator[ContractBackend]:
     state = env.tmp_path / "fake-virtualbox.json"
     env.monkeypatch.setenv("FAKE_VBOX_STATE", str(state))
     env.monkeypatch.setenv(GUEST_PASSWORD_ENV, GUEST_PASSWORD)
-    hypervisor = get_hypervisor(vbox_profile("vboxmanage", vboxmanage=str(FAKE_VBOXMANAGE)))
+    vboxmanage = install_vboxmanage(env.tmp_path / "bin")
+    hypervisor = get_hypervisor(vbox_profile("vboxmanage", vboxmanage=str(vboxmanage)))
     hypervisor.check()
 
     def peek() -> World:

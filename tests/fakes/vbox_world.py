@@ -22,15 +22,18 @@ from __future__ import annotations
 
 import fcntl
 import json
-import subprocess
-import uuid as uuidlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 STOPPED_STATES = {"poweroff", "saved", "aborted", "teleported"}
+
+
+def _new_uuid() -> str:
+    import uuid  # only when machines are created: keeps the fake's start-up cheap
+
+    return str(uuid.uuid4())
 
 
 class NotFound(Exception):
@@ -53,37 +56,80 @@ class Injected(Exception):
     """A failure a test asked for, to check that callers clean up."""
 
 
-@dataclass
+# Plain classes, not dataclasses: the fake VBoxManage imports this module on every call and
+# `dataclasses` alone costs a noticeable share of its start-up time.
+
+
 class Nic:
-    attachment: str = "intnet"  # VBoxManage's names: nat bridged intnet hostonly natnetwork null
-    mac: str = ""
-    cable: bool = True  # saved setting
-    live_cable: bool = True  # while running
+    def __init__(
+        self,
+        attachment: str = "intnet",  # VBoxManage's names: nat bridged intnet hostonly natnetwork
+        mac: str = "",
+        cable: bool = True,  # saved setting
+        live_cable: bool = True,  # while running
+    ) -> None:
+        self.attachment = attachment
+        self.mac = mac
+        self.cable = cable
+        self.live_cable = live_cable
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
 
 
-@dataclass
 class Vm:
-    name: str
-    uuid: str
-    state: str = "poweroff"
-    nics: dict[str, Nic] = field(default_factory=dict)  # "1".."8"; missing = disabled ("none")
-    extradata: dict[str, str] = field(default_factory=dict)
-    snapshots: list[str] = field(default_factory=list)
-    guest_additions: str | None = "6.1.50 r161033"
-    guest_accounts: dict[str, str] = field(default_factory=dict)
-    acpi_pending: int = -1  # reads left until an ACPI shutdown completes; -1 = none pending
-    description: str = ""
+    def __init__(
+        self,
+        name: str,
+        uuid: str,
+        state: str = "poweroff",
+        nics: dict[str, Nic] | None = None,  # "1".."8"; missing = disabled ("none")
+        extradata: dict[str, str] | None = None,
+        snapshots: list[str] | None = None,
+        guest_additions: str | None = "6.1.50 r161033",
+        guest_accounts: dict[str, str] | None = None,
+        acpi_pending: int = -1,  # reads left until an ACPI shutdown completes; -1 = none
+        description: str = "",
+    ) -> None:
+        self.name = name
+        self.uuid = uuid
+        self.state = state
+        self.nics = nics if nics is not None else {}
+        self.extradata = extradata if extradata is not None else {}
+        self.snapshots = snapshots if snapshots is not None else []
+        self.guest_additions = guest_additions
+        self.guest_accounts = guest_accounts if guest_accounts is not None else {}
+        self.acpi_pending = acpi_pending
+        self.description = description
+
+    def to_json(self) -> dict[str, Any]:
+        data = dict(vars(self))
+        data["nics"] = {slot: nic.to_json() for slot, nic in self.nics.items()}
+        return data
+
+    def __repr__(self) -> str:
+        return f"Vm({self.name!r}, state={self.state!r})"
 
 
-@dataclass
 class World:
-    version: str = "6.1.50r161033"
-    machines: dict[str, Vm] = field(default_factory=dict)
-    mac_counter: int = 0x10
-    acpi_delay: int = 1
-    # operation name -> error text: the next call of that operation fails (then the entry is
-    # consumed). Lets tests check that a failure half way leaves nothing behind.
-    fail: dict[str, str] = field(default_factory=dict)
+    def __init__(
+        self,
+        version: str = "6.1.50r161033",
+        machines: dict[str, Vm] | None = None,
+        mac_counter: int = 0x10,
+        acpi_delay: int = 1,
+        fail: dict[str, str] | None = None,
+    ) -> None:
+        self.version = version
+        self.machines = machines if machines is not None else {}
+        self.mac_counter = mac_counter
+        self.acpi_delay = acpi_delay
+        # operation name -> error text: the next call of that operation fails (the entry is
+        # then consumed). Lets tests check that a failure half way leaves nothing behind.
+        self.fail = fail if fail is not None else {}
+
+    def __repr__(self) -> str:
+        return f"World(version={self.version!r}, machines={list(self.machines.values())!r})"
 
     # -- persistence ----------------------------------------------------------------------
 
@@ -102,7 +148,9 @@ class World:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = dict(vars(self))
+        data["machines"] = {name: vm.to_json() for name, vm in self.machines.items()}
+        return data
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -142,7 +190,7 @@ class World:
     # -- what a user does in the VirtualBox GUI (test setup) ---------------------------------
 
     def create(self, name: str, *, attachment: str = "intnet", **extra: Any) -> Vm:
-        vm = Vm(name=name, uuid=str(uuidlib.uuid4()), **extra)
+        vm = Vm(name=name, uuid=_new_uuid(), **extra)
         vm.nics["1"] = Nic(attachment=attachment, mac=self._new_mac())
         self.machines[name] = vm
         return vm
@@ -167,7 +215,7 @@ class World:
         self.maybe_fail("clonevm")
         vm = Vm(
             name=target,
-            uuid=str(uuidlib.uuid4()),
+            uuid=_new_uuid(),
             nics={
                 k: Nic(
                     attachment=n.attachment, mac=self._new_mac(), cable=n.cable, live_cable=n.cable
@@ -263,6 +311,8 @@ class World:
         if vm.guest_accounts.get(user) != password:
             raise GuestError("The specified user was not able to logon on guest")
         # The fake guest has no OS of its own: its processes run on this host.
+        import subprocess  # only here: it is costly to import on every fake call
+
         try:
             done = subprocess.run(
                 list(argv), capture_output=True, text=True, timeout=timeout_s, check=False
@@ -274,14 +324,17 @@ class World:
 
 @contextmanager
 def opened(path: Path) -> Iterator[World]:
-    """Load the world from ``path`` under an exclusive lock, yield it, then save it."""
+    """Load the world from ``path`` under an exclusive lock, yield it, then save any change."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        world = World.from_json(json.loads(path.read_text())) if path.exists() else World()
+        before = path.read_text() if path.exists() else ""
+        world = World.from_json(json.loads(before)) if before else World()
         try:
             yield world
         finally:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(world.to_json(), indent=1))
-            tmp.replace(path)
+            after = json.dumps(world.to_json(), indent=1)
+            if after != before:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(after)
+                tmp.replace(path)

@@ -8,6 +8,7 @@ credentials.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,12 +18,12 @@ from labctl.errors import EXIT_BACKEND, EXIT_FAILED, EXIT_PROFILE, LabctlError
 from labctl.hypervisor import Hypervisor, MachineState, VirtualBoxDetails, get_hypervisor
 from labctl.hypervisor.vboxmanage import VBoxManageHypervisor, parse_machinereadable
 from tests.contract.backends_vbox import (
-    FAKE_VBOXMANAGE,
     GUEST_PASSWORD,
     GUEST_PASSWORD_ENV,
     GUEST_USER,
     vbox_profile,
 )
+from tests.fakes.install import install_vboxmanage
 from tests.fakes.vbox_world import World, opened
 
 
@@ -32,6 +33,7 @@ class FakeHost:
     def __init__(self, tmp_path: Path) -> None:
         self.state = tmp_path / "fake-virtualbox.json"
         self.log = tmp_path / "vboxmanage-calls.jsonl"
+        self.vboxmanage = install_vboxmanage(tmp_path / "bin")
 
     def edit(self, change: Callable[[World], object]) -> None:
         with opened(self.state) as world:
@@ -46,9 +48,13 @@ class FakeHost:
         return [json.loads(line) for line in self.log.read_text().splitlines()]
 
 
+VBOXMANAGE = "VBoxManage"  # found on PATH, where the fixture puts the fake
+
+
 @pytest.fixture
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHost]:
     fake = FakeHost(tmp_path)
+    monkeypatch.setenv("PATH", f"{fake.vboxmanage.parent}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_VBOX_STATE", str(fake.state))
     monkeypatch.setenv("FAKE_VBOX_LOG", str(fake.log))
     monkeypatch.setenv(GUEST_PASSWORD_ENV, GUEST_PASSWORD)
@@ -57,7 +63,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHost]:
 
 
 def backend(nic: int = 1) -> VBoxManageHypervisor:
-    hv = get_hypervisor(vbox_profile("vboxmanage", vboxmanage=str(FAKE_VBOXMANAGE), nic=nic))
+    hv = get_hypervisor(vbox_profile("vboxmanage", vboxmanage=VBOXMANAGE, nic=nic))
     assert isinstance(hv, VBoxManageHypervisor)
     return hv
 
