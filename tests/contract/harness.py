@@ -22,9 +22,19 @@ The factory's name is the test id suffix: say how the backend runs (``vboxmanage
 virtualbox-here``, ``nspawn-real``). Put it in a module ``tests/contract/backends_<name>.py``
 and import that module in ``tests/contract/conftest.py``; that is all.
 
-The probes (``mac_of``, ``link_up``) look from outside the Hypervisor interface (the fake's
-state, ``ip link`` on the host side of a veth...), so the suite checks what a user would see, not
-what the backend says about itself.
+The probes (``mac_of``, ``link_up``, ``exists``) look from outside the Hypervisor interface
+(the fake's state, ``ip link`` on the host side of a veth...), so the suite checks what a user
+would see, not what the backend says about itself.
+
+Notes for nspawn (labctl.hypervisor.nspawn): production machines are labctl's (make_machine =
+``NspawnHypervisor.create`` from the image, they are managed); make_foreign = a machine of
+another lab (a second NspawnHypervisor with another lab name), which this lab's backend cannot
+see (inspect ABSENT; the suite accepts that). ``mac_of`` is also called on stopped machines:
+nspawn derives the guest MAC from the unit name at boot, so return that MAC computed the same
+way (or the unit name it is derived from: the suite only compares MACs for equality).
+``link_up`` can read the host-side veth (``ip -j link show vb-<unit>``) of a running machine
+and the backend's recorded link state of a stopped one. Reuse tests/lab/conftest.py's lab
+environment (bridge, subnet, cached image); a missing prerequisite must fail, not skip.
 """
 
 from __future__ import annotations
