@@ -22,5 +22,5 @@ def backend(
 ) -> Iterator[ContractBackend]:
     """One backend, set up for this test only and torn down afterwards."""
     factory = CONTRACT_BACKENDS[request.param]
-    with factory(ContractEnv(tmp_path, monkeypatch)) as contract:
+    with factory(ContractEnv(tmp_path, monkeypatch, request)) as contract:
         yield contract

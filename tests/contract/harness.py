@@ -34,7 +34,8 @@ nspawn derives the guest MAC from the unit name at boot, so return that MAC comp
 way (or the unit name it is derived from: the suite only compares MACs for equality).
 ``link_up`` can read the host-side veth (``ip -j link show vb-<unit>``) of a running machine
 and the backend's recorded link state of a stopped one. Reuse tests/lab/conftest.py's lab
-environment (bridge, subnet, cached image); a missing prerequisite must fail, not skip.
+environment (bridge, subnet, cached image) through ``env.request.getfixturevalue``; a missing
+prerequisite must fail, not skip.
 """
 
 from __future__ import annotations
@@ -52,10 +53,18 @@ from labctl.hypervisor import Hypervisor
 
 @dataclass(frozen=True)
 class ContractEnv:
-    """What a backend factory gets: a private directory and pytest's monkeypatch."""
+    """What a backend factory gets.
+
+    Attributes:
+        tmp_path: a directory private to this test.
+        monkeypatch: pytest's monkeypatch (environment, sys.modules), undone after the test.
+        request: the test's request; ``request.getfixturevalue("lab_env")`` reaches
+            session-wide resources (import such a fixture into tests/contract/conftest.py).
+    """
 
     tmp_path: Path
     monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest
 
 
 @dataclass(frozen=True)
