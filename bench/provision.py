@@ -1,0 +1,404 @@
+"""Benchmark `labctl provision pair` against an equivalent, tuned Ansible playbook.
+
+Everything is measured side by side in one run on the same fresh lab guests (systemd-nspawn,
+a private bridge and subnet of its own), and the figures are medians over --trials:
+
+  * fresh: keepalived not installed, no script user, no /etc/keepalived (the guests are reset
+    to that state through the hypervisor's side channel before every fresh trial, untimed);
+  * no change: the same command again right after, with everything already right;
+  * labctl on N pairs at once vs on one pair (fresh and no change).
+
+Ansible is a benchmark-only dependency: the bench installs ansible-core into its own venv
+(/var/cache/labctl/bench/ansible-venv) and python3 + python3-apt into its own guests from
+.debs it fetches with apt's own helper (the guests have no route out). The playbook does
+what labctl does: apt (install keepalived), user, file, copy (check script), template with
+validate (keepalived -t, accepting 2.2.7's 143), service (enabled, started) and a reload
+handler; tuned with pipelining, ControlPersist, no fact gathering, a fixed interpreter and
+forks >= hosts.
+
+Usage (root): .venv/bin/python bench/provision.py [--trials 3] [--pairs 8] [--no-ansible]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path("/var/cache/labctl/bench")
+IMAGES = Path(os.environ.get("LABCTL_IMAGES") or "/var/cache/labctl/images")
+AUTH_PASS = "bench123"
+
+# back to a fresh machine: no keepalived package, no script user, no /etc/keepalived
+RESET = r"""
+systemctl stop keepalived >/dev/null 2>&1
+systemctl disable keepalived >/dev/null 2>&1
+export DEBIAN_FRONTEND=noninteractive
+apt-get purge -y -q keepalived >/dev/null 2>&1
+apt-get autoremove --purge -y -q >/dev/null 2>&1
+userdel keepalived_script >/dev/null 2>&1
+rm -rf /etc/keepalived
+! command -v keepalived >/dev/null
+"""
+
+# package kept, everything labctl configures removed: the cost of the work around apt
+RESET_CONFIG = r"""
+systemctl stop keepalived >/dev/null 2>&1
+systemctl disable keepalived >/dev/null 2>&1
+userdel keepalived_script >/dev/null 2>&1
+rm -rf /etc/keepalived
+command -v keepalived >/dev/null
+"""
+
+PLAYBOOK = """\
+- hosts: lab
+  gather_facts: false
+  tasks:
+    - name: keepalived installed
+      ansible.builtin.apt:
+        name: keepalived
+        state: present
+        install_recommends: false
+    - name: script user
+      ansible.builtin.user:
+        name: keepalived_script
+        system: true
+        create_home: false
+        shell: /usr/sbin/nologin
+    - name: keepalived directory root-owned
+      ansible.builtin.file:
+        path: /etc/keepalived
+        state: directory
+        owner: root
+        group: root
+        mode: "0755"
+    - name: check script
+      ansible.builtin.copy:
+        src: check_heartbeat.sh
+        dest: /etc/keepalived/check_heartbeat.sh
+        owner: root
+        group: root
+        mode: "0755"
+    - name: keepalived.conf
+      ansible.builtin.template:
+        src: "rendered/{{ inventory_hostname }}.conf"
+        dest: /etc/keepalived/keepalived.conf
+        owner: root
+        group: root
+        mode: "0640"
+        backup: true
+        # keepalived 2.2.7 -t exits 143 on a good file when a vrrp_script runs as non-root
+        validate: >-
+          sh -c 'keepalived -t -f "$1" 2>&1 | grep -qiE "error|unknown|exist" && exit 1;
+          exit 0' sh %s
+      notify: reload keepalived
+    - name: keepalived enabled and running
+      ansible.builtin.service:
+        name: keepalived
+        enabled: true
+        state: started
+  handlers:
+    - name: reload keepalived
+      ansible.builtin.service:
+        name: keepalived
+        state: reloaded
+"""
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _used_networks() -> list[ipaddress.IPv4Network]:
+    out = subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True, check=True)
+    nets = []
+    for link in json.loads(out.stdout or "[]"):
+        for a in link.get("addr_info", []):
+            nets.append(ipaddress.IPv4Network(f"{a['local']}/{a['prefixlen']}", strict=False))
+    routes = subprocess.run(["ip", "-j", "-4", "route", "show", "table", "all"],
+                            capture_output=True, text=True, check=True)
+    for r in json.loads(routes.stdout or "[]"):
+        with contextlib.suppress(ValueError, KeyError):
+            if r["dst"] != "default":
+                nets.append(ipaddress.IPv4Network(r["dst"], strict=False))
+    return nets
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    used = _used_networks()
+    for x in range(10 + os.getpid() % 200, 250):
+        net = ipaddress.IPv4Network(f"10.251.{x}.0/24")
+        if not any(net.overlaps(u) for u in used):
+            return net
+    raise SystemExit("bench: no free 10.251.X.0/24 subnet")
+
+
+def write_profile(directory: Path, pairs: int, net: ipaddress.IPv4Network, bridge: str) -> Path:
+    hosts = iter(net.hosts())
+    gateway = next(hosts)
+    lines = [
+        "[lab]", f'name = "bench-{os.getpid()}"', 'backend = "nspawn"', "",
+        "[lab.nspawn]", f'bridge = "{bridge}"', f'subnet = "{net}"', f'gateway = "{gateway}"',
+        'image = "bookworm"', "", "[timeouts]", "boot = 180", "",
+    ]
+    tables = []
+    for i in range(1, pairs + 1):
+        primary, standby, vip = next(hosts), next(hosts), next(hosts)
+        lines += [f"[machines.bp{i}]", f'address = "{primary}/{net.prefixlen}"', ""]
+        tables += [
+            f"[pairs.p{i}]", f'primary = "bp{i}"', f'standby = "bp{i}-standby"',
+            f'standby_address = "{standby}/{net.prefixlen}"', 'interface = "host0"',
+            f"vrid = {100 + i}", f'vip = ["{vip}/{net.prefixlen}"]',
+            "priority = { primary = 101, standby = 100 }", "advert_int = 1",
+            f'auth_pass = "{AUTH_PASS}"', f"[pairs.p{i}.check]", 'script = "check_heartbeat.sh"',
+            "interval = 2", "weight = 2", "",
+        ]
+    shutil.copy(REPO / "profiles" / "check_heartbeat.sh", directory / "check_heartbeat.sh")
+    path = directory / "bench.toml"
+    path.write_text("\n".join(lines + tables) + "\n")
+    return path
+
+
+def timed(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(argv, capture_output=True, text=True, env=env)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(argv)} failed ({result.returncode}):\n"
+                         f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return elapsed
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        from labctl import profile as profile_mod
+        from labctl.hypervisor.nspawn import NspawnHypervisor
+
+        self.args = args
+        self.work = work
+        net = _free_subnet()
+        self.profile_path = write_profile(work, args.pairs, net, f"lb{os.getpid() % 100000}")
+        self.profile = profile_mod.load(str(self.profile_path))
+        self.hv = NspawnHypervisor(self.profile)
+        self.labctl = [str(REPO / ".venv" / "bin" / "labctl"), "-p", str(self.profile_path)]
+
+    def nodes(self, pairs: Sequence[str]) -> list[str]:
+        return [n.name for p in pairs for n in self.profile.nodes(p)]
+
+    def up(self) -> None:
+        from labctl.ops import clone as clone_ops
+        from labctl.ops import lab as lab_ops
+
+        say(f"bench: booting {2 * self.args.pairs} guests on {self.profile.lab.nspawn.bridge}")
+        lab_ops.up(self.profile, self.hv, progress=lambda line: None)
+        for pair in self.profile.pairs.values():
+            clone_ops.clone(self.profile, self.hv, pair.primary, linked=True)
+
+    def destroy(self) -> None:
+        from labctl.ops import lab as lab_ops
+
+        with contextlib.suppress(Exception):
+            lab_ops.destroy(self.profile, self.hv)
+
+    def exec(self, name: str, script: str, timeout: float = 300) -> str:
+        result = self.hv.exec_in_guest(name, ["sh", "-c", script], timeout=timeout)
+        if result.exit_code != 0:
+            raise SystemExit(f"bench: {name}: {script.strip()[:60]}... exited "
+                             f"{result.exit_code}: {result.stderr[-800:]}")
+        return str(result.stdout)
+
+    def reset(self, names: Sequence[str], script: str = RESET) -> None:
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            list(pool.map(lambda n: self.exec(n, script), names))
+
+    def check_active(self, names: Sequence[str]) -> None:
+        for name in names:
+            state = self.exec(name, "systemctl is-active keepalived || true").strip()
+            if state != "active":
+                raise SystemExit(f"bench: keepalived is {state} on {name} after a run")
+
+    # -- Ansible ---------------------------------------------------------------------------
+
+    def ansible_venv(self) -> Path:
+        venv = CACHE / "ansible-venv"
+        if not (venv / "bin" / "ansible-playbook").exists():
+            say("bench: installing ansible-core into its own venv (benchmark-only dependency)")
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "ansible-core"],
+                           check=True)
+        return venv
+
+    def python_on_guests(self, names: Sequence[str]) -> None:
+        """python3 + python3-apt for Ansible's modules, from .debs fetched with apt's helper."""
+        debs = CACHE / "debs"
+        debs.mkdir(parents=True, exist_ok=True)
+        uris = self.exec(names[0], "apt-get install -y -qq --print-uris python3 python3-apt")
+        wanted = []
+        for line in uris.splitlines():
+            parts = line.split()
+            if len(parts) >= 4 and parts[0].startswith("'"):
+                uri, filename, checksum = parts[0].strip("'"), parts[1], parts[3]
+                wanted.append(filename)
+                if not (debs / filename).exists():
+                    subprocess.run(["/usr/lib/apt/apt-helper", "download-file", uri,
+                                    str(debs / filename), checksum],
+                                   check=True, capture_output=True)
+        say(f"bench: python3 for Ansible: {len(wanted)} packages into {len(names)} guests")
+        for name in names:
+            self._copy_into(name, [debs / f for f in wanted])
+            self.exec(name, "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-download "
+                      "python3 python3-apt >/dev/null")
+
+    def _copy_into(self, name: str, files: Sequence[Path]) -> None:
+        # the machine's root is an overlay only its own mount namespace sees: copy over SFTP
+        from labctl.ops.connect import close_all, connect_all
+
+        remote = connect_all(self.profile, [(name, self._address(name))])[name]
+        try:
+            for f in files:
+                remote.put(f.read_bytes(), f"/var/cache/apt/archives/{f.name}")
+        finally:
+            close_all([remote])
+
+    def _address(self, name: str) -> str:
+        for node, address, _ in self.profile.all_nodes():
+            if node == name:
+                return address
+        raise KeyError(name)
+
+    def ansible_project(self, pairs: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        from labctl import keepalived as ka
+        from labctl import paths
+
+        project = self.work / "ansible"
+        (project / "rendered").mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.work / "check_heartbeat.sh", project / "check_heartbeat.sh")
+        (project / "playbook.yml").write_text(PLAYBOOK)
+        inventory = ["[lab]"]
+        for pair in pairs:
+            for role in ("primary", "standby"):
+                rendered = ka.render_node(self.profile, pair, role, mask_secrets=False)  # type: ignore[arg-type]
+                (project / "rendered" / f"{rendered.node.name}.conf").write_text(rendered.conf)
+                inventory.append(f"{rendered.node.name} ansible_host={rendered.node.ip}")
+        (project / "inventory.ini").write_text("\n".join(inventory) + "\n")
+        lab = self.profile.lab.name
+        (project / "ansible.cfg").write_text(
+            "[defaults]\n"
+            "remote_user = root\n"
+            f"private_key_file = {paths.lab_key_path(lab)}\n"
+            "interpreter_python = /usr/bin/python3\n"
+            "gathering = explicit\n"
+            "forks = 32\n"
+            "retry_files_enabled = false\n"
+            "[ssh_connection]\n"
+            "pipelining = true\n"
+            f"control_path_dir = {project / 'cp'}\n"
+            "ssh_args = -o ControlMaster=auto -o ControlPersist=120s "
+            f"-o UserKnownHostsFile={paths.known_hosts_path(lab)} -o StrictHostKeyChecking=yes\n"
+        )
+        venv = self.ansible_venv()
+        env = dict(os.environ, ANSIBLE_CONFIG=str(project / "ansible.cfg"))
+        argv = [str(venv / "bin" / "ansible-playbook"), "-i", str(project / "inventory.ini"),
+                str(project / "playbook.yml")]
+        return argv, env
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=8, help="pairs for the scaling figure")
+    parser.add_argument("--no-ansible", action="store_true")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        say("bench: needs root (systemd-nspawn, bridge)")
+        return 4
+    work = Path(tempfile.mkdtemp(prefix="labctl-bench-"))
+    os.environ["LABCTL_HOME"] = str(work / "home")
+    os.environ["LABCTL_IMAGES"] = str(IMAGES)
+    sys.path.insert(0, str(REPO))
+    bench = Bench(args, work)
+    times: dict[str, list[float]] = {}
+
+    def record(key: str, seconds: float) -> None:
+        times.setdefault(key, []).append(seconds)
+        say(f"bench:   {key:<26} {seconds:7.2f} s")
+
+    try:
+        bench.up()
+        one = ["p1"]
+        all_pairs = list(bench.profile.pairs)
+        ansible: tuple[list[str], dict[str, str]] | None = None
+        if not args.no_ansible:
+            bench.python_on_guests(bench.nodes(one))
+            ansible = bench.ansible_project(one)
+        for trial in range(1, args.trials + 1):
+            say(f"bench: trial {trial}/{args.trials}")
+            bench.reset(bench.nodes(one))
+            record("labctl fresh, 1 pair", timed([*bench.labctl, "provision", "pair", "p1"]))
+            bench.check_active(bench.nodes(one))
+            record("labctl no-change, 1 pair", timed([*bench.labctl, "provision", "pair", "p1"]))
+            if ansible is not None:
+                bench.reset(bench.nodes(one))
+                record("ansible fresh, 1 pair", timed(*ansible))
+                bench.check_active(bench.nodes(one))
+                record("ansible no-change, 1 pair", timed(*ansible))
+            bench.reset(bench.nodes(one), RESET_CONFIG)
+            record("labctl configure-only, 1 pair",
+                   timed([*bench.labctl, "provision", "pair", "p1"]))
+            if ansible is not None:
+                bench.reset(bench.nodes(one), RESET_CONFIG)
+                record("ansible configure-only, 1 pair", timed(*ansible))
+            if len(all_pairs) > 1:
+                bench.reset(bench.nodes(all_pairs))
+                key = f"labctl fresh, {len(all_pairs)} pairs"
+                record(key, timed([*bench.labctl, "provision", "pair"]))
+                bench.check_active(bench.nodes(all_pairs))
+                key = f"labctl no-change, {len(all_pairs)} pairs"
+                record(key, timed([*bench.labctl, "provision", "pair"]))
+    finally:
+        say("bench: tearing the lab down")
+        bench.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nmedians over {args.trials} trials (seconds)")
+    for key, values in times.items():
+        runs = ", ".join(f"{v:.2f}" for v in values)
+        print(f"  {key:<32} {median(values):7.2f}   (runs: {runs})")
+    m = {k: median(v) for k, v in times.items()}
+    print("\nratios")
+
+    def ratio(label: str, num: str, den: str, target: str) -> None:
+        if num in m and den in m:
+            print(f"  {label:<48} {m[num] / m[den]:6.2f}x   (target {target})")
+
+    ratio("ansible fresh / labctl fresh", "ansible fresh, 1 pair", "labctl fresh, 1 pair", ">= 6")
+    ratio("ansible configure-only / labctl configure-only", "ansible configure-only, 1 pair",
+          "labctl configure-only, 1 pair", "(no target; apt excluded)")
+    ratio("ansible no-change / labctl no-change", "ansible no-change, 1 pair",
+          "labctl no-change, 1 pair", ">= 8")
+    n = len(bench.profile.pairs)
+    ratio(f"labctl fresh {n} pairs / 1 pair", f"labctl fresh, {n} pairs",
+          "labctl fresh, 1 pair", "<= 2")
+    ratio(f"labctl no-change {n} pairs / 1 pair", f"labctl no-change, {n} pairs",
+          "labctl no-change, 1 pair", "<= 2")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
