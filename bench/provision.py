@@ -16,7 +16,8 @@ validate (keepalived -t, accepting 2.2.7's 143), service (enabled, started) and 
 handler; tuned with pipelining, ControlPersist, no fact gathering, a fixed interpreter and
 forks >= hosts.
 
-Usage (root): .venv/bin/python bench/provision.py [--trials 3] [--pairs 8] [--no-ansible]
+Usage (root, from the repository root):
+  sudo .venv/bin/python -m bench.provision [--trials 3] [--pairs 8] [--no-ansible]
 """
 
 from __future__ import annotations

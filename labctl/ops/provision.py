@@ -299,6 +299,9 @@ def _provision_pair(
     with ThreadPoolExecutor(max_workers=2) as pool:
         ready = list(pool.map(lambda s: step(s, s.prepare), setups))
     if dry_run:
+        for setup in setups:  # plans enable/start/reload; runs nothing
+            if setup.outcome.error is None:
+                step(setup, setup.activate)
         return report()
     if not all(ready):
         for setup in setups:

@@ -138,6 +138,8 @@ class NodeSetup:
         self.probe: Probe | None = None
         self._conf: str = ""
         self._candidate_written = False
+        # a running keepalived must reload: its config differs or its script user was missing
+        self._needs_reload = False
 
     @property
     def name(self) -> str:
@@ -168,6 +170,7 @@ class NodeSetup:
             self.probe = probe = Probe.parse(
                 self.remote.run(["sh", "-c", _PROBE, "sh", script_path]).stdout
             )
+        self._needs_reload = not probe.user_exists
         if not probe.user_exists and self._plan(f"create system user {ka.SCRIPT_USER}"):
             self.remote.run(
                 ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
@@ -195,6 +198,7 @@ class NodeSetup:
         if current == conf:
             return
         self._conf = conf
+        self._needs_reload = True
         self.outcome.diff = self._diff(current, conf)
         if self._plan(f"write {ka.CONF_PATH}"):
             self._write_candidate(conf, interface, probe)
@@ -315,9 +319,7 @@ class NodeSetup:
             if self._plan("start keepalived"):
                 self._systemctl("start")
                 self.outcome.started = True
-        elif (self.outcome.config_changed or self.outcome.user_created) and self._plan(
-            "reload keepalived"
-        ):
+        elif self._needs_reload and self._plan("reload keepalived"):
             # reload keeps the VIP where it is; a restart on the master would move it twice
             self._systemctl("reload")
             self.outcome.reloaded = True

@@ -248,7 +248,11 @@ def test_dry_run_shows_masked_diffs_and_changes_nothing(tmp_path: Path, lab: Fak
         "make /etc/keepalived root-owned 0755",
         f"install check script {SCRIPT} (root, 0755)",
         f"write {CONF}",
+        "enable keepalived",
+        "start keepalived",
     ]
+    assert report.pairs[1].nodes[0].planned == [f"write {CONF}", "reload keepalived"]
+    assert report.pairs[1].nodes[1].planned == []
     assert web.diff.startswith(f"--- web:{CONF} (none)\n+++ web:{CONF} (labctl)\n")
     assert f"+    auth_pass {ka.MASK}\n" in web.diff
     db_diff = report.pairs[1].nodes[0].diff
