@@ -9,6 +9,7 @@ across the two nodes of a pair (both prepared before either commits; primary sta
 from __future__ import annotations
 
 import difflib
+import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ echo "active=$(systemctl is-active keepalived 2>/dev/null)"
 echo "enabled=$(systemctl is-enabled keepalived 2>/dev/null)"
 echo "dir=$(stat -c '%u %a' /etc/keepalived 2>/dev/null)"
 [ -z "$1" ] || echo "script=$(stat -c '%u %a' "$1" 2>/dev/null)"
+[ -z "$1" ] || echo "script_sha=$(sha256sum < "$1" 2>/dev/null | cut -d' ' -f1)"
+echo "conf_sha=$(sha256sum < "$2" 2>/dev/null | cut -d' ' -f1)"
 echo "pid=$(systemctl show -p MainPID --value keepalived 2>/dev/null)"
 echo ---
 ip -o -4 addr show
@@ -46,6 +49,10 @@ _CONFIG_TEST_PROBLEM = re.compile(
     r"bad |fail|cannot|can't|disabl|truncat|warning",
     re.IGNORECASE,
 )
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def redact(text: str, secrets: list[str]) -> str:
@@ -65,6 +72,8 @@ class Probe:
     script_mode: tuple[int, int] | None  # (uid, mode) of the check script
     pid: int
     addrs: list[ka.IfAddr]
+    conf_sha: str = ""  # sha256 of keepalived.conf; "" when missing
+    script_sha: str = ""  # sha256 of the check script; "" when missing
 
     @classmethod
     def parse(cls, output: str) -> Probe:
@@ -85,6 +94,8 @@ class Probe:
             script_mode=owner_mode("script"),
             pid=int(pid) if pid.isdigit() else 0,
             addrs=ka.parse_ip_addr(addrs),
+            conf_sha=values.get("conf_sha", "").strip(),
+            script_sha=values.get("script_sha", "").strip(),
         )
 
 
@@ -159,17 +170,13 @@ class NodeSetup:
         pair = self.profile.pair(self.node.pair)
         rendered_check = ka.render_node(self.profile, self.node.pair, self.node.role).check
         script_path = rendered_check.path if rendered_check else ""
-        self.probe = probe = Probe.parse(
-            self.remote.run(["sh", "-c", _PROBE, "sh", script_path]).stdout
-        )
+        self.probe = probe = self._probe(script_path)
         self.outcome.pid = probe.pid
         if not probe.installed and self._plan("install keepalived"):
             self._install()
             self.outcome.installed = True
             # the package may have started or enabled the service: look again
-            self.probe = probe = Probe.parse(
-                self.remote.run(["sh", "-c", _PROBE, "sh", script_path]).stdout
-            )
+            self.probe = probe = self._probe(script_path)
         self._needs_reload = not probe.user_exists
         if not probe.user_exists and self._plan(f"create system user {ka.SCRIPT_USER}"):
             self.remote.run(
@@ -193,6 +200,8 @@ class NodeSetup:
         conf = ka.render_node(
             self.profile, self.node.pair, self.node.role, interface=interface, mask_secrets=False
         ).conf
+        if probe.conf_sha == _sha256(conf.encode()):
+            return  # the common case, decided without reading the file
         current_raw = self.remote.get(ka.CONF_PATH)
         current = current_raw.decode("utf-8", "replace") if current_raw is not None else None
         if current == conf:
@@ -230,9 +239,14 @@ class NodeSetup:
             self.remote.run(["install", "-d", "-m", "0755", "-o", "root", "-g", "root",
                              ka.KEEPALIVED_DIR])
 
+    def _probe(self, script_path: str) -> Probe:
+        """One command that tells everything provisioning needs to decide (read-only)."""
+        argv = ["sh", "-c", _PROBE, "sh", script_path, ka.CONF_PATH]
+        return Probe.parse(self.remote.run(argv).stdout)
+
     def _push_script(self, check: ka.CheckScript, probe: Probe) -> None:
-        current = self.remote.get(check.path) if probe.script_mode is not None else None
-        if current == check.content and probe.script_mode == (0, SCRIPT_MODE):
+        same = probe.script_sha == _sha256(check.content)
+        if same and probe.script_mode == (0, SCRIPT_MODE):
             return
         if self._plan(f"install check script {check.path} (root, 0755)"):
             self.remote.put(check.content, check.path, mode=SCRIPT_MODE)

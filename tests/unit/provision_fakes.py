@@ -6,6 +6,7 @@ unknown command fails the test, so the table stays honest) and records every cha
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class FakeMachine:
     apt_error: str | None = None
     commands: list[tuple[str, ...]] = field(default_factory=list)
     writes: list[str] = field(default_factory=list)
+    reads: list[str] = field(default_factory=list)
     config_test: Callable[[bytes], tuple[int, str]] | None = None
     closed: bool = False
     _next_pid: int = 1000
@@ -73,6 +75,7 @@ class FakeMachine:
         self.writes.append(path)
 
     def get(self, path: str) -> bytes | None:
+        self.reads.append(path)
         f = self.files.get(path)
         return f.data if f else None
 
@@ -92,7 +95,7 @@ class FakeMachine:
     def _dispatch(self, argv: tuple[str, ...]) -> tuple[int, str, str]:
         joined = " ".join(argv)
         if argv[:2] == ("sh", "-c") and "installed=" in argv[2]:
-            return 0, self._probe(argv[4] if len(argv) > 4 else ""), ""
+            return 0, self._probe(argv[4], argv[5]), ""
         if argv[:1] == ("env",) and "apt-get" in argv and "keepalived" in argv:
             if self.apt_error:
                 return 100, "Reading package lists...\n", self.apt_error
@@ -125,7 +128,7 @@ class FakeMachine:
             return 0, f"{'active' if self.active else 'inactive'}\n{self.pid}\n", ""
         raise AssertionError(f"{self.name}: the fake does not know `{shlex.join(argv)}` ({joined})")
 
-    def _probe(self, script: str) -> str:
+    def _probe(self, script: str, conf_path: str) -> str:
         lines = [
             f"installed={int(self.installed)}",
             f"user={int('keepalived_script' in self.users)}",
@@ -138,6 +141,9 @@ class FakeMachine:
             f = self.files.get(script)
             owner = 0 if f and f.owner == "root:root" else 1000
             lines.append(f"script={owner} {f.mode:o}" if f else "script=")
+            lines.append(f"script_sha={hashlib.sha256(f.data).hexdigest()}" if f else "script_sha=")
+        conf = self.files.get(conf_path)
+        lines.append(f"conf_sha={hashlib.sha256(conf.data).hexdigest()}" if conf else "conf_sha=")
         lines.append(f"pid={self.pid}")
         lines.append("---")
         lines.append("1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever")

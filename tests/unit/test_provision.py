@@ -132,11 +132,14 @@ def test_second_run_touches_nothing(tmp_path: Path, lab: FakeLab) -> None:
     for m in lab.machines.values():
         m.commands.clear()
         m.writes.clear()
+        m.reads.clear()
     report = _run(profile, lab)
     assert report.ok
     assert set(_nodes(report).values()) == {("unchanged", "running")}
     assert all(m.mutations() == [] for m in lab.machines.values())
     assert {name: m.pid for name, m in lab.machines.items()} == pids
+    # one probe per machine decides it: no file is read, no further command runs
+    assert all(len(m.commands) == 1 and m.reads == [] for m in lab.machines.values())
 
 
 def test_priority_change_reloads_without_restart(tmp_path: Path, lab: FakeLab) -> None:
