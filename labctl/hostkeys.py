@@ -7,6 +7,7 @@ user's ``~/.ssh/known_hosts``. Both are OpenSSH known_hosts files.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -68,6 +69,14 @@ class TrustedKey:
         return f"{self.key.get_name()} {fingerprint(self.key)} ({self.source})"
 
 
+@dataclass(frozen=True)
+class _Line:
+    patterns: tuple[str, ...]
+    text: str
+    source: str
+
+
+@functools.lru_cache(maxsize=1024)
 def _glob(pattern: str) -> re.Pattern[str]:
     # OpenSSH patterns know only * and ?; "[host]:port" brackets are literal
     return re.compile("".join({"*": ".*", "?": "."}.get(c, re.escape(c)) for c in pattern))
@@ -114,35 +123,52 @@ class HostKeyStore:
     user_files: tuple[Path, ...] = field(default_factory=_default_user_files)
     notices: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _files: dict[Path, tuple[tuple[int, int, int], list[_Line]]] = field(
+        default_factory=dict, repr=False
+    )
 
-    def _entries(self) -> list[TrustedKey]:
-        # read on every check: another labctl process (clone) may have recorded a key meanwhile
-        found: list[TrustedKey] = []
-        for path in (self.record, *self.user_files):
-            try:
-                text = path.read_text(encoding="utf-8", errors="replace")
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise OperationFailed(f"cannot read known hosts file {path}: {exc}") from exc
-            for lineno, raw in enumerate(text.splitlines(), 1):
-                line = raw.strip()
-                if not line or line.startswith(("#", "@")):
-                    continue
-                source = f"{path}:{lineno}"
-                try:
-                    entry = paramiko.hostkeys.HostKeyEntry.from_line(line, lineno)
-                except (paramiko.hostkeys.InvalidHostKey, ValueError, paramiko.SSHException):
-                    entry = None
-                if entry is not None and entry.key is not None:
-                    found.append(TrustedKey(tuple(entry.hostnames), entry.key, source))
-                else:
-                    found.append(TrustedKey(tuple(line.split()[0].split(",")), None, source))
-        return found
+    def _lines(self, path: Path) -> list[_Line]:
+        """The entries of one file, re-read only when the file changed (clone may add keys)."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise OperationFailed(f"cannot read known hosts file {path}: {exc}") from exc
+        signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._files.get(path)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise OperationFailed(f"cannot read known hosts file {path}: {exc}") from exc
+        lines = []
+        for lineno, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if line and not line.startswith(("#", "@")):
+                lines.append(_Line(tuple(line.split()[0].split(",")), line, f"{path}:{lineno}"))
+        self._files[path] = (signature, lines)
+        return lines
+
+    @staticmethod
+    @functools.lru_cache(maxsize=4096)
+    def _parse(line: _Line) -> TrustedKey:
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line.text)
+        except (paramiko.hostkeys.InvalidHostKey, ValueError, paramiko.SSHException):
+            entry = None
+        key = entry.key if entry is not None else None
+        return TrustedKey(line.patterns, key, line.source)
 
     def trusted(self, host: str) -> list[TrustedKey]:
         """Every trusted key recorded for a known_hosts name (``host`` or ``[host]:port``)."""
-        return [t for t in self._entries() if _name_matches(host, t.patterns)]
+        return [
+            self._parse(line)
+            for path in (self.record, *self.user_files)
+            for line in self._lines(path)
+            if _name_matches(host, line.patterns)
+        ]
 
     def check(self, name: str, host: str, key: paramiko.PKey) -> None:
         """Accept the key, record it on first use, or raise HostKeyChanged.
@@ -152,6 +178,8 @@ class HostKeyStore:
             host: its known_hosts name (``host`` or ``[host]:port``).
             key: the key it offered.
         """
+        if any(t.key is not None and _same_key(t.key, key) for t in self.trusted(host)):
+            return  # the common case: no lock, so many connections verify at once
         with self._lock:
             trusted = self.trusted(host)
             if any(t.key is not None and _same_key(t.key, key) for t in trusted):

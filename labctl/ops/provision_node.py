@@ -26,17 +26,15 @@ BACKUP_PATH = f"{ka.CONF_PATH}.labctl-prev"
 CONF_MODE = 0o640
 SCRIPT_MODE = 0o755
 
+# $1: the check script ("" when none), $2: keepalived.conf. Few processes: on a busy host
+# every fork in every guest counts.
 _PROBE = r"""
 if command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ]; then echo installed=1
 else echo installed=0; fi
 if id -u keepalived_script >/dev/null 2>&1; then echo user=1; else echo user=0; fi
-echo "active=$(systemctl is-active keepalived 2>/dev/null)"
-echo "enabled=$(systemctl is-enabled keepalived 2>/dev/null)"
-echo "dir=$(stat -c '%u %a' /etc/keepalived 2>/dev/null)"
-[ -z "$1" ] || echo "script=$(stat -c '%u %a' "$1" 2>/dev/null)"
-[ -z "$1" ] || echo "script_sha=$(sha256sum < "$1" 2>/dev/null | cut -d' ' -f1)"
-echo "conf_sha=$(sha256sum < "$2" 2>/dev/null | cut -d' ' -f1)"
-echo "pid=$(systemctl show -p MainPID --value keepalived 2>/dev/null)"
+systemctl show -p ActiveState -p UnitFileState -p MainPID keepalived 2>/dev/null
+stat -c 'stat %u %a %n' /etc/keepalived ${1:+"$1"} 2>/dev/null
+sha256sum ${1:+"$1"} "$2" 2>/dev/null
 echo ---
 ip -o -4 addr show
 """
@@ -76,26 +74,33 @@ class Probe:
     script_sha: str = ""  # sha256 of the check script; "" when missing
 
     @classmethod
-    def parse(cls, output: str) -> Probe:
+    def parse(cls, output: str, *, script: str, conf: str) -> Probe:
+        """Read the probe's output (``script``/``conf``: the paths it was given)."""
         head, _, addrs = output.partition("\n---\n")
-        values = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
-
-        def owner_mode(key: str) -> tuple[int, int] | None:
-            parts = values.get(key, "").split()
-            return (int(parts[0]), int(parts[1], 8)) if len(parts) == 2 else None
-
-        pid = values.get("pid", "").strip()
+        values: dict[str, str] = {}
+        modes: dict[str, tuple[int, int]] = {}
+        sums: dict[str, str] = {}
+        for line in head.splitlines():
+            words = line.split()
+            if line.startswith("stat ") and len(words) == 4:
+                modes[words[3]] = (int(words[1]), int(words[2], 8))
+            elif len(words) == 2 and len(words[0]) == 64:
+                sums[words[1]] = words[0]
+            elif "=" in line:
+                key, _, value = line.partition("=")
+                values[key] = value.strip()
+        pid = values.get("MainPID", "")
         return cls(
             installed=values.get("installed") == "1",
             user_exists=values.get("user") == "1",
-            active=values.get("active", "").strip() == "active",
-            enabled=values.get("enabled", "").strip() == "enabled",
-            dir_mode=owner_mode("dir"),
-            script_mode=owner_mode("script"),
+            active=values.get("ActiveState") == "active",
+            enabled=values.get("UnitFileState") == "enabled",
+            dir_mode=modes.get(ka.KEEPALIVED_DIR),
+            script_mode=modes.get(script) if script else None,
             pid=int(pid) if pid.isdigit() else 0,
             addrs=ka.parse_ip_addr(addrs),
-            conf_sha=values.get("conf_sha", "").strip(),
-            script_sha=values.get("script_sha", "").strip(),
+            conf_sha=sums.get(conf, ""),
+            script_sha=sums.get(script, "") if script else "",
         )
 
 
@@ -242,7 +247,7 @@ class NodeSetup:
     def _probe(self, script_path: str) -> Probe:
         """One command that tells everything provisioning needs to decide (read-only)."""
         argv = ["sh", "-c", _PROBE, "sh", script_path, ka.CONF_PATH]
-        return Probe.parse(self.remote.run(argv).stdout)
+        return Probe.parse(self.remote.run(argv).stdout, script=script_path, conf=ka.CONF_PATH)
 
     def _push_script(self, check: ka.CheckScript, probe: Probe) -> None:
         same = probe.script_sha == _sha256(check.content)

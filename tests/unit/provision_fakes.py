@@ -129,22 +129,27 @@ class FakeMachine:
         raise AssertionError(f"{self.name}: the fake does not know `{shlex.join(argv)}` ({joined})")
 
     def _probe(self, script: str, conf_path: str) -> str:
+        # the output of the real probe on Debian 12 (systemctl show, stat -c, sha256sum)
         lines = [
             f"installed={int(self.installed)}",
             f"user={int('keepalived_script' in self.users)}",
-            f"active={'active' if self.active else 'inactive'}",
-            f"enabled={'enabled' if self.enabled else 'disabled'}",
+            f"MainPID={self.pid}",
+            f"ActiveState={'active' if self.active else 'inactive'}",
         ]
+        unit_state = ("enabled" if self.enabled else "disabled") if self.installed else ""
+        lines.append(f"UnitFileState={unit_state}")
         d = self.dirs.get("/etc/keepalived")
-        lines.append(f"dir={d[0]} {d[1]:o}" if d else "dir=")
-        if script:
-            f = self.files.get(script)
-            owner = 0 if f and f.owner == "root:root" else 1000
-            lines.append(f"script={owner} {f.mode:o}" if f else "script=")
-            lines.append(f"script_sha={hashlib.sha256(f.data).hexdigest()}" if f else "script_sha=")
-        conf = self.files.get(conf_path)
-        lines.append(f"conf_sha={hashlib.sha256(conf.data).hexdigest()}" if conf else "conf_sha=")
-        lines.append(f"pid={self.pid}")
+        if d:
+            lines.append(f"stat {d[0]} {d[1]:o} /etc/keepalived")
+        for path in (script, conf_path):
+            f = self.files.get(path) if path else None
+            if f is not None and path == script:
+                owner = 0 if f.owner == "root:root" else 1000
+                lines.append(f"stat {owner} {f.mode:o} {path}")
+        for path in (script, conf_path):
+            f = self.files.get(path) if path else None
+            if f is not None:
+                lines.append(f"{hashlib.sha256(f.data).hexdigest()}  {path}")
         lines.append("---")
         lines.append("1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever")
         lines.append(

@@ -11,7 +11,7 @@ import pytest
 from labctl import keepalived as ka
 from labctl.errors import GuestUnreachable, LabctlError, ProfileError
 from labctl.ops.provision import ProvisionReport, provision
-from labctl.ops.provision_node import BACKUP_PATH, CANDIDATE_PATH, interpret_config_test
+from labctl.ops.provision_node import BACKUP_PATH, CANDIDATE_PATH, Probe, interpret_config_test
 from labctl.profile import Node, Profile, load
 from labctl.remote import Remote, Result
 from tests.unit.provision_fakes import FakeLab, FakeMachine
@@ -325,3 +325,50 @@ def test_config_test_is_judged_by_behaviour(code: int, err: str, accepted: bool)
 def test_fake_machine_refuses_unknown_commands() -> None:
     with pytest.raises(AssertionError, match="does not know"):
         FakeMachine("m", "10.0.0.1/24").run(["reboot"])
+
+
+# the probe's real output on a Debian 12 guest (captured from a lab run), before and after
+PROBE_FRESH = """installed=0
+user=0
+MainPID=0
+ActiveState=inactive
+UnitFileState=
+---
+1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
+2: host0    inet 10.251.65.2/24 brd 10.251.65.255 scope global host0\\       valid_lft forever
+"""
+PROBE_PROVISIONED = """installed=1
+user=1
+MainPID=346
+ActiveState=active
+UnitFileState=enabled
+stat 0 755 /etc/keepalived
+stat 0 755 /etc/keepalived/check_heartbeat.sh
+25d8ede125ea52647c986b1e496c45cc1525d6bf99a81d251f457e9fb8de53f8  /etc/keepalived/check_heartbeat.sh
+079d9745f784109ffbd0c43cc8bf9a9be2031c97c0ac7c0b7c0b243cd7fab57b  /etc/keepalived/keepalived.conf
+---
+1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
+2: host0    inet 10.251.65.2/24 brd 10.251.65.255 scope global host0\\       valid_lft forever
+"""
+
+
+def test_probe_reads_a_fresh_and_a_provisioned_machine() -> None:
+    fresh = Probe.parse(PROBE_FRESH, script=SCRIPT, conf=CONF)
+    assert (fresh.installed, fresh.user_exists, fresh.active, fresh.enabled, fresh.pid) == (
+        False, False, False, False, 0
+    )
+    assert (fresh.dir_mode, fresh.script_mode, fresh.conf_sha, fresh.script_sha) == (
+        None, None, "", ""
+    )
+    assert [(a.ifname, str(a.interface)) for a in fresh.addrs] == [
+        ("lo", "127.0.0.1/8"), ("host0", "10.251.65.2/24")
+    ]
+    done = Probe.parse(PROBE_PROVISIONED, script=SCRIPT, conf=CONF)
+    assert (done.installed, done.user_exists, done.active, done.enabled, done.pid) == (
+        True, True, True, True, 346
+    )
+    assert (done.dir_mode, done.script_mode) == ((0, 0o755), (0, 0o755))
+    assert done.conf_sha.startswith("079d9745") and done.script_sha.startswith("25d8ede1")
+    # a pair without a check script: the script's lines are not taken for anything else
+    no_check = Probe.parse(PROBE_PROVISIONED, script="", conf=CONF)
+    assert (no_check.script_mode, no_check.script_sha) == (None, "")

@@ -19,7 +19,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from labctl.errors import EXIT_FAILED, EXIT_UNREACHABLE, GuestUnreachable
+from labctl.errors import EXIT_FAILED, EXIT_UNREACHABLE, GuestUnreachable, OperationFailed
 from labctl.hostkeys import HostKeyChanged, HostKeyStore, fingerprint
 from labctl.ops.connect import connect
 from labctl.remote import (
@@ -164,7 +164,7 @@ def test_nonzero_exit_raises_with_stderr_tail(remote: SshRemote) -> None:
 
 
 def test_command_timeout_is_an_error_not_a_hang(remote: SshRemote) -> None:
-    with pytest.raises(Exception, match=r"did not finish within 0\.5 s"):
+    with pytest.raises(OperationFailed, match=r"did not finish within 0\.5 s"):
         remote.run(["sleep", "30"], timeout=0.5)
 
 
@@ -191,7 +191,7 @@ def test_put_replaces_by_rename_so_readers_never_see_half(
 
 
 def test_put_into_missing_directory_fails_cleanly(remote: SshRemote, tmp_path: Path) -> None:
-    with pytest.raises(Exception, match="cannot write"):
+    with pytest.raises(OperationFailed, match="cannot write"):
         remote.put(b"x", str(tmp_path / "nope" / "f"))
 
 
