@@ -222,10 +222,11 @@ def wait_for_ssh(
     port: int,
     deadline: float,
     connect_timeout: float = 2.0,
-    probe: Probe = ssh_banner,
+    probe: Probe | None = None,
     sleep: Sleep = time.sleep,
 ) -> str:
     """Wait until ``address`` answers with an SSH banner; GuestUnreachable after ``deadline``."""
+    probe = probe or ssh_banner  # looked up late so tests can replace it
     ip = str(host_ip(address))
     retrying = Retrying(
         retry=retry_if_exception_type(OSError),
@@ -299,10 +300,11 @@ def up(
     machines: Sequence[str] = (),
     *,
     progress: Progress | None = None,
-    probe: Probe = ssh_banner,
+    probe: Probe | None = None,
     sleep: Sleep = time.sleep,
 ) -> UpResult:
     """Create missing production machines, start them, and wait until SSH answers."""
+    probe = probe or ssh_banner  # looked up late so tests can replace it
     say = progress or (lambda _line: None)
     roles = _role_of(profile)
     names = list(machines) or list(profile.machines)
