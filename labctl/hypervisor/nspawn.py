@@ -35,6 +35,7 @@ from labctl import paths
 from labctl.errors import BackendUnavailable, OperationFailed
 from labctl.hypervisor import ExecResult, Machine, MachineState
 from labctl.hypervisor import nspawn_net as net
+from labctl.hypervisor.nspawn_copy import copy_tree, flatten
 from labctl.hypervisor.nspawn_image import Image
 from labctl.profile import Profile
 from labctl.state import Kind, LabState, MachineRecord, MachineRole, StateStore
@@ -52,6 +53,11 @@ TOOLS = {
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FREEZER_ROOT = Path("/sys/fs/cgroup/freezer")
 KILL_WAIT = 15.0
+# Every guest's systemd takes several inotify instances from root's per-user budget; the
+# default of 128 stops the ~18th guest on a host ("Failed to allocate manager object: Too
+# many open files"). start() raises it, as container hosts (LXD, k8s nodes) do.
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_MIN = 8192
 Paths = list[str]  # spelled out here because the class defines a method named ``list``
 _Pids = list[int]
 
@@ -265,6 +271,7 @@ class NspawnHypervisor:
         rec = self._require(name)
         if self.nspawn_pid(name) is not None:
             return
+        _ensure_inotify_instances()
         net.ensure_bridge(self.settings.bridge, self.settings.gateway, self.settings.subnet)
         net.ensure_table(self.table)
         if rec.link_up:
@@ -483,25 +490,12 @@ class NspawnHypervisor:
     def _snapshot(self, src: MachineRecord, dest: Path) -> Paths:
         """Copy the source's own layer to ``dest``; return the clone's lower layers."""
         layers = self._layers(src)
-        _copy_tree(Path(layers[0]), dest)
+        copy_tree(Path(layers[0]), dest)
         return [str(dest), *layers[1:]]
 
     def _flatten(self, src: MachineRecord, dest: Path) -> None:
-        """Copy the source's merged tree to ``dest`` (a read-only overlay view for overlays)."""
-        layers = self._layers(src)
-        if len(layers) == 1:
-            _copy_tree(Path(layers[0]), dest)
-            return
-        view = dest.parent / "view"
-        view.mkdir()
-        opts = f"ro,lowerdir={':'.join(layers)}"
-        script = (
-            f"set -e\nmount -t overlay overlay -o {shlex.quote(opts)} {shlex.quote(str(view))}\n"
-            f"cp -a --reflink=auto {shlex.quote(str(view))}/. {shlex.quote(str(dest))}/"
-        )
-        dest.mkdir()
-        net.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script])
-        view.rmdir()
+        """Copy the source's merged tree to ``dest`` as a plain tree."""
+        flatten(self._layers(src), dest)
 
     def _thaw(self, name: str) -> None:
         freezer = self._freezer(name)
@@ -519,6 +513,17 @@ class NspawnHypervisor:
         if freezer is not None:
             with contextlib.suppress(OSError):
                 freezer.rmdir()
+
+
+def _ensure_inotify_instances() -> None:
+    try:
+        if int(INOTIFY_INSTANCES.read_text()) < INOTIFY_MIN:
+            INOTIFY_INSTANCES.write_text(str(INOTIFY_MIN))
+    except (OSError, ValueError) as exc:
+        raise OperationFailed(
+            f"cannot raise fs.inotify.max_user_instances to {INOTIFY_MIN}: {exc}",
+            hint=f"sysctl -w fs.inotify.max_user_instances={INOTIFY_MIN}",
+        ) from exc
 
 
 def _proc_stat(pid: int) -> tuple[str, str] | None:
@@ -552,8 +557,3 @@ def _wait_gone(pid: int, timeout: float) -> None:
             raise OperationFailed(f"process {pid} did not exit after SIGKILL")
     finally:
         os.close(fd)
-
-
-def _copy_tree(src: Path, dest: Path) -> None:
-    """``cp -a --reflink=auto`` (reflinks on btrfs/xfs, a plain copy elsewhere)."""
-    net.run(["cp", "-a", "--reflink=auto", "--", str(src), str(dest)])

@@ -144,6 +144,7 @@ def clone(
             connect_timeout=profile.timeouts.connect,
             probe=probe,
             sleep=sleep,
+            alive=lambda: hv.inspect(standby).state is MachineState.RUNNING,
         )
     except BaseException:
         hv.destroy(standby)

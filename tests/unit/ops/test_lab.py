@@ -201,3 +201,15 @@ def test_lab_commands_have_help(cli_with: Callable[..., tuple[int, str, str]]) -
     for command in (["lab", "image"], ["up"], ["down"], ["status"], ["destroy"], ["clone"]):
         code, out, _err = cli_with(*command, "--help")
         assert code == 0 and "--profile" in out
+
+
+def test_a_machine_that_dies_while_booting_fails_at_once(
+    prof: Profile, hv: FakeHypervisor, clock: FakeClock
+) -> None:
+    def probe(_ip: str, _port: int, _timeout: float) -> str:
+        hv.machines["prod-a"].state = MachineState.STOPPED  # nspawn exited
+        raise ConnectionRefusedError("refused")
+
+    with pytest.raises(GuestUnreachable, match="stopped while booting"):
+        lab_ops.up(prof, hv, ["prod-a"], probe=probe, sleep=clock.sleep)
+    assert clock.sleeps == []
