@@ -27,6 +27,7 @@ import select
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +54,7 @@ TOOLS = {
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FREEZER_ROOT = Path("/sys/fs/cgroup/freezer")
 KILL_WAIT = 15.0
+START_WAIT = 30.0
 # Every guest's systemd takes several inotify instances from root's per-user budget; the
 # default of 128 stops the ~18th guest on a host ("Failed to allocate manager object: Too
 # many open files"). start() raises it, as container hosts (LXD, k8s nodes) do.
@@ -168,6 +170,20 @@ class NspawnHypervisor:
                     if os.readlink(f"/proc/{entry}/ns/pid") == ns:
                         pids.append(int(entry))
         return pids
+
+    def _init_handles_shutdown(self, name: str) -> bool:
+        """Whether the guest's init catches SIGRTMIN+3, which nspawn sends it on SIGTERM."""
+        init = self.init_pid(name)
+        if init is None:
+            return False
+        try:
+            status = Path(f"/proc/{init}/status").read_text()
+        except OSError:
+            return False
+        for line in status.splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signal.SIGRTMIN + 3 - 1) & 1)
+        return False
 
     def _is_paused(self, name: str) -> bool:
         freezer = self._freezer(name)
@@ -301,14 +317,31 @@ class NspawnHypervisor:
         inner = f"set -e\n{self._mount_cmd(rec)}exec {nspawn}"
         launcher = f"{join}exec unshare -m --propagation private sh -c {shlex.quote(inner)}"
         log = self.console_log(name)
-        out = net.run(
-            ["sh", "-c", 'setsid sh -c "$0" </dev/null >"$1" 2>&1 & echo $!', launcher, str(log)]
-        )
-        pid = int(out.strip())
-        stat = _proc_stat(pid)
-        if stat is None:
-            raise OperationFailed(f"{name}: systemd-nspawn exited at once; see {log}")
-        (self.machine_dir(name) / "nspawn.pid").write_text(f"{pid} {stat[1]}\n")
+        # nspawn reports READY=1 on $NOTIFY_SOCKET once the guest's init runs (its veth is
+        # up by then): start() returns at that event, like VBoxManage startvm, so that
+        # exec_in_guest and set_link work at once.
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        address = f"labctl-{self.unit(name)}-{os.getpid()}"
+        notify.bind(f"\0{address}")
+        with notify:
+            out = net.run(
+                [
+                    "sh",
+                    "-c",
+                    'setsid sh -c "$0" </dev/null >"$1" 2>&1 & echo $!',
+                    launcher,
+                    str(log),
+                ],
+                env={**os.environ, "NOTIFY_SOCKET": f"@{address}"},
+            )
+            pid = int(out.strip())
+            stat = _proc_stat(pid)
+            if stat is None:
+                raise OperationFailed(f"{name}: systemd-nspawn exited at once; see {log}")
+            (self.machine_dir(name) / "nspawn.pid").write_text(f"{pid} {stat[1]}\n")
+            _await_ready(notify, pid, name, log)
+        if not rec.link_up:
+            net.set_port(self.port(name), False)
 
     def stop(self, name: str, *, hard: bool = False) -> None:
         """Graceful: ask systemd in the guest to power off (returns at once). Hard: kill every
@@ -318,11 +351,14 @@ class NspawnHypervisor:
         if pid is None:
             self._cleanup_runtime(name)
             return
-        if not hard:
+        if not hard and self._init_handles_shutdown(name):
             self._thaw(name)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             return
+        # A graceful stop in the first instants of boot, before the guest's init handles the
+        # shutdown signal, would be dropped by the kernel; nothing runs yet that a shutdown
+        # would stop and every write already went to the host's page cache, so pull the plug.
         victims = [*self._guest_pids(name), pid]
         for victim in victims:
             with contextlib.suppress(ProcessLookupError):
@@ -524,6 +560,42 @@ def _ensure_inotify_instances() -> None:
             f"cannot raise fs.inotify.max_user_instances to {INOTIFY_MIN}: {exc}",
             hint=f"sysctl -w fs.inotify.max_user_instances={INOTIFY_MIN}",
         ) from exc
+
+
+def _await_ready(notify: socket.socket, pid: int, name: str, log: Path) -> None:
+    """Block until nspawn sends READY=1, or fail when it exits first."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        pidfd = -1
+    try:
+        poller = select.poll()
+        poller.register(notify.fileno(), select.POLLIN)
+        if pidfd >= 0:
+            poller.register(pidfd, select.POLLIN)
+        while True:
+            events = poller.poll(START_WAIT * 1000)
+            if not events:
+                raise OperationFailed(
+                    f"{name}: systemd-nspawn did not start within {START_WAIT:g}s"
+                )
+            fds = {fd for fd, _ in events}
+            if notify.fileno() in fds and b"READY=1" in notify.recv(4096):
+                return
+            if pidfd < 0 or pidfd in fds:
+                tail = " | ".join(_tail(log, 3))
+                raise OperationFailed(f"{name}: systemd-nspawn exited while starting: {tail}")
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
 
 
 def _proc_stat(pid: int) -> tuple[str, str] | None:
