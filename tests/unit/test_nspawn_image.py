@@ -23,9 +23,9 @@ def _fake_build(staging: Path, suite: str, say: nspawn_image.Progress) -> None:
 
 
 def test_a_changed_recipe_means_a_new_image(monkeypatch: pytest.MonkeyPatch) -> None:
-    before = nspawn_image.image_for("bookworm").path
+    before = nspawn_image.family("bookworm")
     monkeypatch.setattr(nspawn_image, "CACHED_PACKAGES", ("keepalived", "tcpdump"))
-    after = nspawn_image.image_for("bookworm").path
+    after = nspawn_image.family("bookworm")
     assert before != after and before.parent == after.parent
 
 
@@ -43,11 +43,16 @@ def test_build_once_then_reuse(monkeypatch: pytest.MonkeyPatch, images: Path) ->
     assert first.built and not second.built and calls == ["bookworm"]
     assert first.image == second.image and (first.image.rootfs).is_dir()
     assert "image: fake build" in lines
-    assert sorted(p.name for p in images.iterdir() if not p.name.startswith(".build")) == [
-        first.image.path.name
+    assert [p.name for p in images.iterdir() if not p.name.startswith(".build")] == [
+        nspawn_image.family("bookworm").name
     ]
-    rebuilt = nspawn_image.ensure_image("bookworm", rebuild=True)
+    lines.clear()
+    rebuilt = nspawn_image.ensure_image("bookworm", rebuild=True, progress=lines.append)
     assert rebuilt.built and calls == ["bookworm", "bookworm"]
+    assert nspawn_image.find_image("bookworm") == rebuilt.image != first.image
+    # machines made from the first build keep their lower layer
+    assert first.image.rootfs.is_dir()
+    assert any(str(first.image.path) in line for line in lines)
 
 
 def test_a_failed_build_leaves_nothing_behind(
