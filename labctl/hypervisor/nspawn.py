@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import select
 import shlex
 import shutil
 import signal
@@ -38,6 +37,14 @@ from labctl.hypervisor import ExecResult, Machine, MachineState
 from labctl.hypervisor import nspawn_net as net
 from labctl.hypervisor.nspawn_copy import copy_tree, flatten
 from labctl.hypervisor.nspawn_image import Image
+from labctl.hypervisor.nspawn_proc import (
+    KILL_WAIT,
+    await_ready,
+    children,
+    ensure_inotify_instances,
+    proc_stat,
+    wait_gone,
+)
 from labctl.profile import Profile
 from labctl.state import Kind, LabState, MachineRecord, MachineRole, StateStore
 
@@ -53,13 +60,6 @@ TOOLS = {
 }
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FREEZER_ROOT = Path("/sys/fs/cgroup/freezer")
-KILL_WAIT = 15.0
-START_WAIT = 30.0
-# Every guest's systemd takes several inotify instances from root's per-user budget; the
-# default of 128 stops the ~18th guest on a host ("Failed to allocate manager object: Too
-# many open files"). start() raises it, as container hosts (LXD, k8s nodes) do.
-INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
-INOTIFY_MIN = 8192
 Paths = list[str]  # spelled out here because the class defines a method named ``list``
 _Pids = list[int]
 
@@ -135,7 +135,7 @@ class NspawnHypervisor:
             pid = int(pid_text)
         except (OSError, ValueError):
             return None
-        stat = _proc_stat(pid)
+        stat = proc_stat(pid)
         if stat is None or stat[0] == "Z" or stat[1] != start_text.strip():
             return None
         return pid
@@ -147,8 +147,7 @@ class NspawnHypervisor:
             return None
         try:
             own_ns = os.readlink(f"/proc/{pid}/ns/pid")
-            children = _children(pid)
-            for child in children:
+            for child in children(pid):
                 if os.readlink(f"/proc/{child}/ns/pid") != own_ns:
                     return child
         except OSError:
@@ -197,7 +196,7 @@ class NspawnHypervisor:
         if freezer is not None and (freezer / "freezer.state").exists():
             return (freezer / "freezer.state").read_text().strip() != "THAWED"
         init = self.init_pid(name)
-        stat = _proc_stat(init) if init else None
+        stat = proc_stat(init) if init else None
         return stat is not None and stat[0] == "T"
 
     # -- Hypervisor protocol --------------------------------------------------------------
@@ -294,7 +293,7 @@ class NspawnHypervisor:
         rec = self._require(name)
         if self.nspawn_pid(name) is not None:
             return
-        _ensure_inotify_instances()
+        ensure_inotify_instances()
         net.ensure_bridge(self.settings.bridge, self.settings.gateway, self.settings.subnet)
         net.ensure_table(self.table)
         if rec.link_up:
@@ -342,11 +341,11 @@ class NspawnHypervisor:
                 env={**os.environ, "NOTIFY_SOCKET": f"@{address}"},
             )
             pid = int(out.strip())
-            stat = _proc_stat(pid)
+            stat = proc_stat(pid)
             if stat is None:
                 raise OperationFailed(f"{name}: systemd-nspawn exited at once; see {log}")
             (self.machine_dir(name) / "nspawn.pid").write_text(f"{pid} {stat[1]}\n")
-            _await_ready(notify, pid, name, log)
+            await_ready(notify, pid, name, log)
         if not rec.link_up:
             net.set_port(self.port(name), False)
 
@@ -372,7 +371,7 @@ class NspawnHypervisor:
                 os.kill(victim, signal.SIGKILL)
         self._thaw(name)  # frozen tasks only die once thawed
         for victim in victims:
-            _wait_gone(victim, KILL_WAIT)
+            wait_gone(victim, KILL_WAIT)
         self._cleanup_runtime(name)
 
     def pause(self, name: str) -> None:
@@ -556,83 +555,3 @@ class NspawnHypervisor:
         if freezer is not None:
             with contextlib.suppress(OSError):
                 freezer.rmdir()
-
-
-def _ensure_inotify_instances() -> None:
-    try:
-        if int(INOTIFY_INSTANCES.read_text()) < INOTIFY_MIN:
-            INOTIFY_INSTANCES.write_text(str(INOTIFY_MIN))
-    except (OSError, ValueError) as exc:
-        raise OperationFailed(
-            f"cannot raise fs.inotify.max_user_instances to {INOTIFY_MIN}: {exc}",
-            hint=f"sysctl -w fs.inotify.max_user_instances={INOTIFY_MIN}",
-        ) from exc
-
-
-def _await_ready(notify: socket.socket, pid: int, name: str, log: Path) -> None:
-    """Block until nspawn sends READY=1, or fail when it exits first."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        pidfd = -1
-    try:
-        poller = select.poll()
-        poller.register(notify.fileno(), select.POLLIN)
-        if pidfd >= 0:
-            poller.register(pidfd, select.POLLIN)
-        while True:
-            events = poller.poll(START_WAIT * 1000)
-            if not events:
-                raise OperationFailed(
-                    f"{name}: systemd-nspawn did not start within {START_WAIT:g}s"
-                )
-            fds = {fd for fd, _ in events}
-            if notify.fileno() in fds and b"READY=1" in notify.recv(4096):
-                return
-            if pidfd < 0 or pidfd in fds:
-                tail = " | ".join(_tail(log, 3))
-                raise OperationFailed(f"{name}: systemd-nspawn exited while starting: {tail}")
-    finally:
-        if pidfd >= 0:
-            os.close(pidfd)
-
-
-def _tail(path: Path, lines: int) -> list[str]:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
-    return [line for line in text.splitlines() if line.strip()][-lines:]
-
-
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state letter, start time) of a process, or None when it does not exist."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], fields[19]
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            out.extend(int(x) for x in (task / "children").read_text().split())
-    return out
-
-
-def _wait_gone(pid: int, timeout: float) -> None:
-    """Block (in the kernel, via pidfd) until pid has exited."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        if not poller.poll(timeout * 1000):
-            raise OperationFailed(f"process {pid} did not exit after SIGKILL")
-    finally:
-        os.close(fd)

@@ -192,6 +192,8 @@ def test_graceful_stop_runs_the_guests_shutdown_and_hard_stop_does_not(
     fault_pair.exec(name, ["rm", "/var/tmp/stopped"])
     hv.start(name)
     lab_ops.wait_for_ssh(name, fault_pair.standby.address, port=22, deadline=30)
+    # SSH answers before boot has finished: wait (in the guest) for the boot, then check
+    fault_pair.exec(name, ["systemctl", "is-system-running", "--wait"], timeout=120)
     assert fault_pair.exec(name, ["systemctl", "is-active", "stop-probe"]).stdout.strip() == (
         "active"
     )
