@@ -300,7 +300,7 @@ def _provision_pair(
         ready = list(pool.map(lambda s: step(s, s.prepare), setups))
     if dry_run:
         for setup in setups:  # plans enable/start/reload; runs nothing
-            if setup.outcome.error is None:
+            if setup.outcome.error is None and step(setup, setup.enable):
                 step(setup, setup.activate)
         return report()
     if not all(ready):
@@ -310,10 +310,14 @@ def _provision_pair(
         return report(
             f"{name}: {' and '.join(bad)} failed; no config was changed on either node"
         )
-    # phase 2: commit both, then start/reload primary first (nodes are (primary, standby))
+    # phase 2: commit and enable both, then start/reload primary first (nodes are
+    # (primary, standby))
     for setup in setups:
         if not step(setup, setup.commit):
             return report(f"{name}: could not put the new config in place on {setup.name}")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        if not all(pool.map(lambda s: step(s, s.enable), setups)):
+            return report()
     for setup in setups:
         if not step(setup, setup.activate):
             break

@@ -178,6 +178,8 @@ def test_fresh_pair_gets_keepalived_active_on_both_with_vip_on_primary(
     ]
     for node in (p.primary, p.standby):
         assert _active(p, node.name)
+        enabled = p.exec(node.name, ["systemctl", "is-enabled", "keepalived"]).stdout.strip()
+        assert enabled == "enabled"
         stat = p.exec(node.name, ["stat", "-c", "%U %G %a", CONF]).stdout.split()
         assert stat == ["root", "root", "640"]
     _await(lambda: _holders(p) == {p.primary.name}, "the VIP on exactly the primary")

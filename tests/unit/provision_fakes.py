@@ -86,7 +86,7 @@ class FakeMachine:
 
     def mutations(self) -> list[tuple[str, ...]]:
         """Commands that change the machine (everything but probes, reads and tests)."""
-        readonly = ("installed=", "is-active", "keepalived -t", "journalctl")
+        readonly = ("installed=", "systemctl show", "keepalived -t", "journalctl")
         return [
             c for c in self.commands
             if not any(r in " ".join(c) for r in readonly)
@@ -122,10 +122,11 @@ class FakeMachine:
             return 0, "", ""
         if argv[:1] == ("systemctl",) and argv[1] in ("enable", "start", "reload"):
             return self._systemctl(argv[1])
+        if argv[:2] == ("systemctl", "show"):
+            state = "active" if self.active else "inactive"
+            return 0, f"ActiveState={state}\nMainPID={self.pid}\n", ""
         if argv[:1] == ("journalctl",):
             return 0, "Starting keepalived\n", ""
-        if argv[:2] == ("sh", "-c") and "is-active" in argv[2]:
-            return 0, f"{'active' if self.active else 'inactive'}\n{self.pid}\n", ""
         raise AssertionError(f"{self.name}: the fake does not know `{shlex.join(argv)}` ({joined})")
 
     def _probe(self, script: str, conf_path: str) -> str:
