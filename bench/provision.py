@@ -6,15 +6,18 @@ a private bridge and subnet of its own), and the figures are medians over --tria
   * fresh: keepalived not installed, no script user, no /etc/keepalived (the guests are reset
     to that state through the hypervisor's side channel before every fresh trial, untimed);
   * no change: the same command again right after, with everything already right;
+  * configure only: the package present, everything labctl configures removed (the cost of
+    the work around apt, which both tools pay the same);
   * labctl on N pairs at once vs on one pair (fresh and no change).
 
 Ansible is a benchmark-only dependency: the bench installs ansible-core into its own venv
 (/var/cache/labctl/bench/ansible-venv) and python3 + python3-apt into its own guests from
 .debs it fetches with apt's own helper (the guests have no route out). The playbook does
-what labctl does: apt (install keepalived), user, file, copy (check script), template with
-validate (keepalived -t, accepting 2.2.7's 143), service (enabled, started) and a reload
-handler; tuned with pipelining, ControlPersist, no fact gathering, a fixed interpreter and
-forks >= hosts.
+what labctl does: apt (keepalived without recommends, as labctl installs it), user, file,
+copy (check script), template with validate (keepalived -t, accepting 2.2.7's 143), service
+(enabled, started) and a reload handler; tuned with pipelining, ControlPersist, no fact
+gathering, a fixed interpreter and forks >= hosts. The playbook has no primary-first start
+and no all-or-nothing commit across a pair: labctl does more work, not less.
 
 Usage (root, from the repository root):
   sudo .venv/bin/python -m bench.provision [--trials 3] [--pairs 8] [--no-ansible]
