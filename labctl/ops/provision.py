@@ -48,12 +48,19 @@ class NodeReport:
     diff: str
     error: str | None
     error_code: int
+    dry_run: bool = False
 
     @property
     def status(self) -> str:
-        """failed / installed / changed / unchanged (what happened to this node, in one word)."""
+        """What happened to this node, in one word.
+
+        failed / installed / changed / unchanged; in a dry run would install / would change /
+        unchanged.
+        """
         if self.error:
             return "failed"
+        if self.dry_run and self.planned:
+            return "would install" if "install keepalived" in self.planned else "would change"
         if self.installed:
             return "installed"
         if self.config_changed or self.script_changed or self.user_created:
@@ -70,7 +77,7 @@ class NodeReport:
         return "running" if self.active else "inactive"
 
     @classmethod
-    def of(cls, outcome: NodeOutcome) -> NodeReport:
+    def of(cls, outcome: NodeOutcome, *, dry_run: bool = False) -> NodeReport:
         node = outcome.node
         return cls(
             pair=node.pair,
@@ -91,6 +98,7 @@ class NodeReport:
             diff=outcome.diff,
             error=outcome.error,
             error_code=outcome.error_code,
+            dry_run=dry_run,
         )
 
     def to_json(self, *, dry_run: bool) -> dict[str, Any]:
@@ -280,7 +288,8 @@ def _provision_pair(
 
     def report(error: str | None = None) -> PairReport:
         by_name = {s.name: s.outcome for s in setups} | {o.node.name: o for o in failed}
-        return PairReport(name, [NodeReport.of(by_name[n.name]) for n in nodes], error)
+        nodes_report = [NodeReport.of(by_name[n.name], dry_run=dry_run) for n in nodes]
+        return PairReport(name, nodes_report, error)
 
     if failed:
         return report(f"{name}: not provisioned: " + "; ".join(str(o.error) for o in failed))

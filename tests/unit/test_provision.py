@@ -256,6 +256,9 @@ def test_dry_run_shows_masked_diffs_and_changes_nothing(tmp_path: Path, lab: Fak
     ]
     assert report.pairs[1].nodes[0].planned == [f"write {CONF}", "reload keepalived"]
     assert report.pairs[1].nodes[1].planned == []
+    assert [n.status for p in report.pairs for n in p.nodes] == [
+        "would install", "would install", "would change", "unchanged"
+    ]
     assert web.diff.startswith(f"--- web:{CONF} (none)\n+++ web:{CONF} (labctl)\n")
     assert f"+    auth_pass {ka.MASK}\n" in web.diff
     db_diff = report.pairs[1].nodes[0].diff
