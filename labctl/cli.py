@@ -340,12 +340,18 @@ class _NoteHandler(logging.Handler):
         note(self.format(record))
 
 
-def _provision_logging() -> None:
-    """Show progress and waiting (labctl.* INFO logs) on stderr."""
-    logger = logging.getLogger("labctl")
-    if not any(isinstance(h, _NoteHandler) for h in logger.handlers):
-        logger.addHandler(_NoteHandler())
-        logger.setLevel(logging.INFO)
+class _ProgressOnStderr:
+    """Show progress and waiting (labctl.* INFO logs) on stderr while a command runs."""
+
+    def __enter__(self) -> None:
+        self.logger = logging.getLogger("labctl")
+        self.handler, self.level = _NoteHandler(), self.logger.level
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.INFO)
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
 
 
 @cli.group("provision")
@@ -370,12 +376,10 @@ def provision_pair(state: State, pairs: tuple[str, ...], dry_run: bool, as_json:
     from labctl.ops.provision import ProvisionFailed, provision
 
     prof = state.profile(check_env=True)
-    _provision_logging()
     spinner = stderr_console().status("provisioning") if sys.stderr.isatty() else nullcontext()
-    with spinner:
+    with spinner, _ProgressOnStderr():
         report = provision(prof, list(pairs), dry_run=dry_run)
-    for line in report.notices:
-        note(f"notice: {line}")
+    # trust-on-first-use notices were logged to stderr as they happened (and are in --json)
     secrets = prof.secrets()
     if as_json:
         click.echo(ka.mask(json.dumps(report.to_json(), indent=2), secrets))

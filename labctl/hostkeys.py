@@ -199,4 +199,4 @@ class HostKeyStore:
                 f"(first use); recorded in {self.record}"
             )
             self.notices.append(notice)
-            log.info("%s", notice)
+            log.info("notice: %s", notice)

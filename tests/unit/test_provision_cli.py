@@ -6,9 +6,11 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from labctl.errors import GuestUnreachable, LabctlError
+from labctl.hostkeys import HostKeyStore, fingerprint
 from labctl.ops import provision as provision_mod
 from labctl.profile import Node, Profile
 from labctl.remote import Remote
@@ -97,3 +99,22 @@ def test_unknown_pair_exits_3(cli: Cli, lab: FakeLab, tmp_path: Path) -> None:
     result = cli("provision", "pair", "nope", "-p", str(tmp_path / "lab.toml"))
     assert result.code == 3
     assert result.err.startswith("error: pairs.nope: no such pair")
+
+
+def test_first_contact_notice_on_stderr_and_in_json(cli: Cli, lab: FakeLab, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    key = paramiko.ECDSAKey.generate()
+
+    def connect_each(profile: Profile, nodes: Sequence[Node], *, host_keys: HostKeyStore,
+                     **_: object) -> dict[str, Remote | LabctlError]:
+        for n in nodes:  # what SshRemote.open does for a machine seen for the first time
+            host_keys.check(n.name, n.ip, key)
+        return {n.name: lab.machines[n.name] for n in nodes}
+
+    monkeypatch.setattr(provision_mod, "connect_each", connect_each)
+    result = cli("provision", "pair", "back", "--json", "-p", str(tmp_path / "lab.toml"))
+    assert result.code == 0, result.err
+    fp = fingerprint(key)
+    assert f"notice: db: trusting new host key ecdsa-sha2-nistp256 {fp} for 10.249.90.12" \
+        in result.err
+    assert len(json.loads(result.out)["notices"]) == 2
