@@ -28,8 +28,8 @@ from labctl.remote import (
     HostKeyChanged,
     HostKeyStore,
     Remote,
-    SshRemote,
 )
+from labctl.ssh import SshRemote
 
 log = logging.getLogger(__name__)
 

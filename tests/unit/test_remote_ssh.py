@@ -28,9 +28,9 @@ from labctl.remote import (
     ConnectFailed,
     Endpoint,
     Remote,
-    SshRemote,
     SudoPasswordRequired,
 )
+from labctl.ssh import SshRemote
 
 SSHD = "/usr/sbin/sshd"
 
