@@ -1,6 +1,8 @@
 """`labctl failover`: break the VIP's holder on purpose and time how the standby takes over.
 
-One trial: wait until the pair is settled (exactly one holder), inject the fault on the holder,
+One trial: wait until the pair is settled (exactly one holder), inject the fault on the holder
+(hard faults right after the holder sent a VRRP advert, seen on the holder itself, so that the
+peer's master-down timer starts at injection and measured compares with theory),
 poll both nodes' addresses over their already-open connections (a probe is started on each
 node every ``poll_interval`` seconds, at most one in flight per node, each sample stamped with
 the middle of its round trip), wait for the other node to take the VIP, recover the fault and
@@ -24,7 +26,7 @@ unreachable in the timeline, never as "not holding".
 Theory beside measured: a hard fault (crash, freeze, link, partition) takes the backup's
 master-down interval, ``3 × advert_int + (256 − priority)/256``; a graceful stop its skew time
 ``(256 − priority)/256`` (priority of the node taking over); for ``health`` the figure is an
-upper bound, ``check.interval × check.fall + advert_int``.
+upper bound, ``check.interval × check.fall`` plus the master-down interval.
 
 JSON shape (``labctl failover --json``), stable; keys are never removed, only added::
 
@@ -42,7 +44,7 @@ JSON shape (``labctl failover --json``), stable; keys are never removed, only ad
       "trials": [
         {"trial": 1, "faulted": "prod-back", "peer": "prod-back-standby",
          "released": 0.02,     # s after injection: faulted node first seen without the VIP
-                               #   (null: never seen so, e.g. unreachable or still holding)
+                               #   before recovery (null: never, e.g. unreachable or holding)
          "takeover": 3.6,      # s after injection: peer first seen holding (time to new holder)
          "gap": 0.0,           # s with neither node holding (both seen) until recovery
          "overlap": 3.1,       # s with both holding until recovery
@@ -53,6 +55,7 @@ JSON shape (``labctl failover --json``), stable; keys are never removed, only ad
          "settled_on": "prod-back",
          "error": -0.01,       # takeover - theory
          "resolution": 0.04,   # largest interval between two samples of the peer
+         "synced": true,       # hard faults: injected right after the holder's own advert
          "problems": [],
          "events": [{"t": 0.0, "node": "prod-back", "holds": true, "error": null}, ...]}
       ]
@@ -108,6 +111,27 @@ FAILING_CHECK = (
 
 NFT_TABLE = "labctl_drill"
 
+# Waits until the node itself sends a VRRP advert (a packet socket sees outgoing frames), so a
+# hard fault lands just after an advert and the peer's master-down timer starts at injection:
+# without it the measured takeover is anywhere in [theory - advert_int, theory]. perl-base is
+# Essential on Debian, so this runs on minbase guests too.
+WAIT_FOR_OWN_ADVERT = r"""
+my ($own, $secs) = @ARGV;
+socket(my $s, 17, 3, 0x0300) or die "packet socket: $!\n";
+my $want = pack("C4", split(/\./, $own));
+my $end = time + $secs + 1;
+while (time < $end) {
+  my $rin = ''; vec($rin, fileno($s), 1) = 1;
+  select(my $rout = $rin, undef, undef, 1) > 0 or next;
+  recv($s, my $buf, 2048, 0);
+  next unless substr($buf, 12, 2) eq "\x08\x00";
+  next unless ord(substr($buf, 23, 1)) == 112 && substr($buf, 26, 4) eq $want;
+  print "advert\n";
+  exit 0;
+}
+exit 1;
+"""
+
 
 def theory(pair: PairSpec, fault: Fault, *, taker_priority: int) -> tuple[float, str]:
     """The VRRP figure a takeover should take, and its kind (hard | graceful | bound)."""
@@ -115,9 +139,11 @@ def theory(pair: PairSpec, fault: Fault, *, taker_priority: int) -> tuple[float,
     if fault is Fault.STOP:
         return skew, "graceful"
     if fault is Fault.HEALTH:
+        # the failure is seen within interval × fall; the lowered priority makes the backup
+        # ignore the master's adverts (preempt), so it takes over one master-down later
         check = pair.check
         assert check is not None
-        return check.interval * check.fall + pair.advert_int, "bound"
+        return check.interval * check.fall + 3 * pair.advert_int + skew, "bound"
     return 3 * pair.advert_int + skew, "hard"
 
 
@@ -172,7 +198,9 @@ def analyse(
     by_node: dict[str, list[Sample]] = {faulted: [], peer: []}
     for s in sorted(samples, key=lambda s: s.t):
         by_node.setdefault(s.node, []).append(s)
-    released = next((s.t for s in by_node[faulted] if s.t >= 0 and s.holds is False), None)
+    released = next(
+        (s.t for s in by_node[faulted] if 0 <= s.t <= recovered_at and s.holds is False), None
+    )
     takeover = next((s.t for s in by_node[peer] if s.t >= 0 and s.holds is True), None)
 
     cuts = sorted({0.0, recovered_at, end, *(s.t for s in by_node[faulted] + by_node[peer])})
@@ -236,6 +264,7 @@ class Trial:
     theory: float
     samples: tuple[Sample, ...]
     problems: tuple[str, ...] = ()
+    synced: bool = False  # injected right after the holder's own advert
 
     @property
     def ok(self) -> bool:
@@ -268,6 +297,7 @@ class Trial:
             "settled_on": self.settled_on,
             "error": r(self.error),
             "resolution": r(tl.resolution),
+            "synced": self.synced,
             "problems": list(self.problems),
             "events": [s.to_json() for s in changes(self.samples)],
         }
@@ -471,6 +501,18 @@ class FaultInjector:
         assert check is not None
         return f"{ka.KEEPALIVED_DIR}/{check.script}"
 
+    def wait_for_advert(self, name: str) -> bool:
+        """Return right after ``name`` sent a VRRP advert; False when that could not be seen."""
+        advert_int = self.profile.pair(self.pair_name).advert_int
+        argv = ["perl", "-e", WAIT_FOR_OWN_ADVERT, self._ip(name), str(2 * advert_int)]
+        try:
+            result = self.remotes[name].run(
+                argv, check=False, timeout=2 * advert_int + self.command_timeout
+            )
+        except UNREACHABLE_ERRORS:
+            return False
+        return result.ok and "advert" in result.stdout
+
     def inject(self, faulted: str, peer: str) -> None:
         remote = self.remotes[faulted]
         t = self.command_timeout
@@ -526,12 +568,11 @@ class FaultInjector:
 
 
 def _nft_block(peer_ip: str) -> list[str]:
+    # each node drops what its peer sends: VRRP is cut both ways, SSH keeps working
     script = (
         f"add table inet {NFT_TABLE}\n"
-        f"add chain inet {NFT_TABLE} in {{ type filter hook input priority 0; }}\n"
-        f"add chain inet {NFT_TABLE} out {{ type filter hook output priority 0; }}\n"
-        f"add rule inet {NFT_TABLE} in ip saddr {peer_ip} ip protocol vrrp drop\n"
-        f"add rule inet {NFT_TABLE} out ip protocol vrrp drop\n"
+        f"add chain inet {NFT_TABLE} input_vrrp {{ type filter hook input priority 0; }}\n"
+        f"add rule inet {NFT_TABLE} input_vrrp ip saddr {peer_ip} ip protocol vrrp drop\n"
     )
     return ["sh", "-c", f"printf '%s' '{script}' | nft -f -"]
 
@@ -633,7 +674,7 @@ class Drill:
             since[0] = start = now
         return now - start >= self.pair.advert_int
 
-    def _await(self, future: Future[None], poller: Poller) -> None:
+    def _await(self, future: Future[Any], poller: Poller) -> None:
         while not future.done():
             poller.tick()
             self.sleep(self.tick)
@@ -656,6 +697,11 @@ class Drill:
             return latest is not None and latest.holds is True
 
         problems: list[str] = []
+        synced = False
+        if self.fault in HARD_FAULTS:
+            wait = executor.submit(self.injector.wait_for_advert, faulted)
+            self._await(wait, poller)
+            synced = wait.result()
         self._say(f"trial {index}: VIP on {faulted}; injecting {self.fault} there")
         t0 = self.clock()
         try:
@@ -707,6 +753,7 @@ class Drill:
             theory=expected,
             samples=samples,
             problems=tuple(problems),
+            synced=synced,
         )
 
     # -- the drill -----------------------------------------------------------

@@ -75,6 +75,7 @@ class FakeMachine:
     commands: list[tuple[str, ...]] = field(default_factory=list)
     on_command: Callable[[tuple[str, ...]], None] | None = None
     has_nft: bool = False
+    commands_failing: set[str] = field(default_factory=set)  # argv[0]s that exit 1
 
     def ip_addr(self) -> str:
         lines = ["1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever"]
@@ -120,6 +121,8 @@ class FakeRemote:
         if not m.reachable:
             raise GuestUnreachable(f"{m.name}: connection timed out")
         out, code = self._answer(cmd)
+        if cmd[0] in m.commands_failing:
+            out, code = "", 1
         result = Result(cmd, code, out, "")
         if check and code != 0:
             raise CommandFailed(m.name, result)
@@ -142,6 +145,8 @@ class FakeRemote:
             vip = shlex.split(cmd[2].splitlines()[-1])[4]
             mac = m.neigh.get(vip)
             return (f"{vip} lladdr {mac} REACHABLE\n" if mac else f"{vip} INCOMPLETE\n"), 0
+        if cmd[:2] == ("perl", "-e") and "packet socket" in cmd[2]:
+            return "advert\n", 0
         if cmd[:2] == ("perl", "-e"):
             lines = [f"{src} {vrid} {prio}" for src, vrid, prio in m.adverts]
             return "\n".join([*lines, "done"]) + "\n", 0

@@ -172,7 +172,7 @@ def test_theory_hard_graceful_and_health_bound(profile: Profile) -> None:
     assert theory(pair, Fault.PARTITION, taker_priority=100) == (3.609375, "hard")
     assert theory(pair, Fault.STOP, taker_priority=100) == (0.609375, "graceful")
     assert theory(pair, Fault.STOP, taker_priority=200) == (0.21875, "graceful")
-    assert theory(pair, Fault.HEALTH, taker_priority=100) == (2 * 1 + 1, "bound")
+    assert theory(pair, Fault.HEALTH, taker_priority=100) == (2 * 1 + 3.609375, "bound")
 
 
 def test_analyse_gap_overlap_and_unreachable_from_samples() -> None:
@@ -223,7 +223,11 @@ def test_crash_kills_keepalived_and_standby_takes_over_after_master_down(
     assert report.ok, report.all_problems()
     (trial,) = report.trials
     assert (trial.faulted, trial.peer) == ("prod-back", "prod-back-standby")
-    assert ("sh", "-c", "kill -KILL $(pidof keepalived)") in world.primary.commands
+    # injected right after the holder's own advert, then recovered
+    perl = next(i for i, c in enumerate(world.primary.commands) if c[0] == "perl")
+    kill = world.primary.commands.index(("sh", "-c", "kill -KILL $(pidof keepalived)"))
+    assert perl < kill and world.primary.commands[perl][3:] == ("10.249.90.10", "2")
+    assert trial.synced
     assert ("systemctl", "start", "keepalived") in world.primary.commands
     tl = trial.timeline
     assert HARD <= (tl.takeover or 0) <= HARD + resolution(d)
@@ -234,6 +238,14 @@ def test_crash_kills_keepalived_and_standby_takes_over_after_master_down(
     assert report.final_holders == ("prod-back",) and report.exit_code == 0
 
 
+def test_hard_fault_still_runs_when_the_advert_cannot_be_seen(profile: Profile) -> None:
+    world = World(FakeClock(), takeover=HARD, unreachable=True)
+    world.primary.commands_failing = {"perl"}
+    report = drill(profile, world, Fault.FREEZE).run(1)
+    assert report.ok, report.all_problems()
+    assert report.trials[0].synced is False
+
+
 def test_graceful_stop_releases_at_once_and_takeover_takes_the_skew(profile: Profile) -> None:
     world = World(FakeClock(), takeover=SKEW, release=0.0)
     d = drill(profile, world, Fault.STOP)
@@ -241,6 +253,7 @@ def test_graceful_stop_releases_at_once_and_takeover_takes_the_skew(profile: Pro
     (trial,) = report.trials
     assert report.ok, report.all_problems()
     assert report.theory_kind == "graceful"
+    assert not trial.synced and not any(c[0] == "perl" for c in world.primary.commands)
     tl = trial.timeline
     assert (tl.released or 1) <= resolution(d)
     assert SKEW <= (tl.takeover or 0) <= SKEW + resolution(d)
@@ -404,6 +417,7 @@ def test_json_shape(profile: Profile) -> None:
         "settled_on",
         "error",
         "resolution",
+        "synced",
         "problems",
         "events",
     }
