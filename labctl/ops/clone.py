@@ -1,0 +1,193 @@
+"""``labctl clone PRODUCTION``: create a pair's standby with its own identity.
+
+The standby gets hostname, machine-id, SSH host keys (trusted for its address), address and
+MAC of its own before its link touches the lab network, so nothing but production ever answers
+on production's address. Production is never stopped or modified. A clone that fails halfway
+is removed again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from tenacity import (
+    RetryError,
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_before_delay,
+    wait_exponential,
+)
+
+from labctl.errors import GuestUnreachable, OperationFailed
+from labctl.hypervisor import Hypervisor, MachineState
+from labctl.ops.lab import Probe, Sleep, apply_identity, forget_host_keys, ssh_banner, wait_for_ssh
+from labctl.profile import Profile, host_ip
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CloneResult:
+    """What ``clone`` did: created (or recreated with force) the standby, or nothing."""
+
+    pair: str
+    production: str
+    standby: str
+    address: str
+    linked: bool
+    created: bool
+    message: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "pair": self.pair,
+            "production": self.production,
+            "standby": self.standby,
+            "address": self.address,
+            "linked": self.linked,
+            "created": self.created,
+            "message": self.message,
+        }
+
+
+def pair_of(profile: Profile, production: str) -> str:
+    """The name of the pair whose primary is ``production``."""
+    for name, pair in profile.pairs.items():
+        if pair.primary == production:
+            return name
+    primaries = ", ".join(p.primary for p in profile.pairs.values()) or "none"
+    raise OperationFailed(
+        f"PRODUCTION: {production!r} is not the primary of any pair in lab {profile.lab.name} "
+        f"(primaries: {primaries})"
+    )
+
+
+def _answers(address: str, port: int, probe: Probe) -> bool:
+    try:
+        probe(str(host_ip(address)), port, 2.0)
+    except OSError:
+        return False
+    return True
+
+
+def clone(
+    profile: Profile,
+    hv: Hypervisor,
+    production: str,
+    *,
+    linked: bool = False,
+    force: bool = False,
+    probe: Probe = ssh_banner,
+    sleep: Sleep = time.sleep,
+) -> CloneResult:
+    """Create the standby of ``production``'s pair and boot it with its own identity."""
+    pair_name = pair_of(profile, production)
+    pair = profile.pairs[pair_name]
+    standby, address = pair.standby, pair.standby_address
+    hv.check()
+
+    def result(created: bool, message: str) -> CloneResult:
+        return CloneResult(pair_name, production, standby, address, linked, created, message)
+
+    if hv.inspect(production).state is MachineState.ABSENT:
+        raise OperationFailed(
+            f"cannot clone {production}: no such machine in lab {profile.lab.name}",
+            hint=f"create it first: labctl up {production}",
+        )
+    existing = hv.inspect(standby)
+    if existing.state is not MachineState.ABSENT:
+        healthy = existing.state is MachineState.RUNNING and _answers(
+            address, profile.ssh.port, probe
+        )
+        if not force:
+            if healthy:
+                return result(
+                    False, f"standby {standby} already exists and answers SSH; nothing to do"
+                )
+            raise OperationFailed(
+                f"standby {standby} already exists but is {existing.state.value}"
+                + (
+                    "" if existing.state is not MachineState.RUNNING else " and does not answer SSH"
+                ),
+                hint=f"labctl clone {production} --force recreates it",
+            )
+        hv.destroy(standby)
+        forget_host_keys(profile.lab.name, address)
+
+    hv.clone(production, standby, linked=linked)
+    try:
+        hv.set_link(standby, False)
+        if getattr(hv, "edits_stopped_disks", False):
+            apply_identity(hv, profile, standby, address)
+            hv.set_link(standby, True)
+            hv.start(standby)
+        else:
+            hv.start(standby)
+            _wait_side_channel(hv, standby, deadline=profile.timeouts.boot, sleep=sleep)
+            apply_identity(hv, profile, standby, address)
+            # reboot so every service starts with the new identity, then plug the cable in
+            hv.stop(standby)
+            _wait_state(
+                hv, standby, MachineState.STOPPED, deadline=profile.timeouts.boot, sleep=sleep
+            )
+            hv.set_link(standby, True)
+            hv.start(standby)
+        wait_for_ssh(
+            standby,
+            address,
+            port=profile.ssh.port,
+            deadline=profile.timeouts.boot,
+            connect_timeout=profile.timeouts.connect,
+            probe=probe,
+            sleep=sleep,
+        )
+    except BaseException:
+        hv.destroy(standby)
+        forget_host_keys(profile.lab.name, address)
+        raise
+    kind = "linked" if linked else "full"
+    return result(True, f"standby {standby} created ({kind} clone of {production}) at {address}")
+
+
+class _NotYet(Exception):
+    pass
+
+
+def _retrying(deadline: float, sleep: Sleep) -> Retrying:
+    return Retrying(
+        retry=retry_if_exception_type(_NotYet),
+        stop=stop_before_delay(deadline),
+        wait=wait_exponential(multiplier=0.1, max=1.0),
+        before_sleep=before_sleep_log(log, logging.DEBUG),
+        sleep=sleep,
+    )
+
+
+def _wait_side_channel(hv: Hypervisor, name: str, *, deadline: float, sleep: Sleep) -> None:
+    try:
+        for attempt in _retrying(deadline, sleep):
+            with attempt:
+                try:
+                    if hv.exec_in_guest(name, ["true"], timeout=10).exit_code != 0:
+                        raise _NotYet(name)
+                except OperationFailed as exc:
+                    raise _NotYet(name) from exc
+    except RetryError as exc:
+        raise GuestUnreachable(
+            f"{name}: its side channel did not answer within {deadline:g}s"
+        ) from exc
+
+
+def _wait_state(
+    hv: Hypervisor, name: str, state: MachineState, *, deadline: float, sleep: Sleep
+) -> None:
+    try:
+        for attempt in _retrying(deadline, sleep):
+            with attempt:
+                if hv.inspect(name).state is not state:
+                    raise _NotYet(name)
+    except RetryError as exc:
+        raise OperationFailed(f"{name} did not become {state.value} within {deadline:g}s") from exc
