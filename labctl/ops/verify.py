@@ -14,9 +14,12 @@ Verdicts (per pair):
 * ``OK``: exactly one node holds every VIP, keepalived there reports MASTER (the other does
   not), and each VIP answers with that node's host key.
 * ``NO_HOLDER``: both nodes answered and neither holds any VIP.
-* ``SPLIT_BRAIN``: both nodes hold a VIP.
-* ``MISMATCH``: one holder, but keepalived's state disagrees (not MASTER there, or MASTER on the
-  other node), the VIPs are split or partly missing, or the VIP answers as another machine.
+* ``SPLIT_BRAIN``: both nodes hold a VIP and neither or both are keepalived's MASTER (a
+  partition, or nodes that disagree on VRID/authentication).
+* ``MISMATCH``: the addresses disagree with keepalived: a holder that is not MASTER (e.g. a VIP
+  added by hand to the BACKUP, so both hold it but only one is MASTER, or one left behind by a
+  killed keepalived), MASTER on a node without the VIP, VIPs split or partly missing, or the
+  VIP answering as another machine.
 * ``UNKNOWN``: a node could not be reached; what the other node showed is still reported, but a
   node that did not answer is never reported as "not holding".
 
@@ -390,7 +393,18 @@ def _verdict(
         return Verdict.UNKNOWN, None, reasons
     both = [s for s in statuses if len(s.holders) == 2]
     if both:
-        return Verdict.SPLIT_BRAIN, None, [f"{s.vip} is on both nodes" for s in both]
+        reasons = [f"{s.vip} is on both nodes" for s in both]
+        not_master = [v for v in views if v.vrrp_state != "MASTER"]
+        if len(not_master) == 1:
+            # one of the two holders is not keepalived's MASTER: an address keepalived does
+            # not own (added by hand, or left behind by a keepalived that was killed)
+            v = not_master[0]
+            reasons.append(
+                f"{v.node.name} holds it but keepalived there is "
+                f"{v.vrrp_state or 'not reporting'} (service {v.service or 'unknown'})"
+            )
+            return Verdict.MISMATCH, None, reasons
+        return Verdict.SPLIT_BRAIN, None, reasons
     holders = {h for s in statuses for h in s.holders}
     if not holders:
         return Verdict.NO_HOLDER, None, [f"{s.vip} is on neither node" for s in statuses]

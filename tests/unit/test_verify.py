@@ -123,7 +123,7 @@ def test_no_holder_when_keepalived_stopped_on_both(profile: Profile, lab: Lab) -
     assert "No route to host" in (pair.vips[0].data_path_error or "")
 
 
-def test_split_brain_when_both_hold(profile: Profile, lab: Lab) -> None:
+def test_split_brain_when_both_hold_as_master(profile: Profile, lab: Lab) -> None:
     lab.master(lab.primary)
     lab.standby.vips, lab.standby.vrrp_state = [VIP], "MASTER"
     report = run_verify(profile, lab)
@@ -133,16 +133,34 @@ def test_split_brain_when_both_hold(profile: Profile, lab: Lab) -> None:
     assert report.exit_code == 6
 
 
-def test_mismatch_when_vip_added_by_hand_to_a_backup(profile: Profile, lab: Lab) -> None:
-    # keepalived on both is BACKUP (say the primary is stopped) but someone added the VIP
-    lab.primary.service, lab.primary.vrrp_state = "inactive", None
-    lab.standby.vrrp_state = "BACKUP"
-    lab.standby.vips = [VIP]
-    lab.answers = "prod-back-standby"
+def test_mismatch_when_vip_added_by_hand_to_the_backup(profile: Profile, lab: Lab) -> None:
+    lab.master(lab.primary)
+    lab.standby.vips = [VIP]  # `ip addr add` on the BACKUP: two holders, one MASTER
     (pair,) = run_verify(profile, lab).pairs
     assert pair.verdict is Verdict.MISMATCH
-    assert pair.holder == "prod-back-standby"
+    assert pair.reasons == (
+        f"{VIP} is on both nodes",
+        "prod-back-standby holds it but keepalived there is BACKUP (service active)",
+    )
+
+
+def test_mismatch_when_the_only_holder_is_not_master(profile: Profile, lab: Lab) -> None:
+    lab.primary.service, lab.primary.vrrp_state = "inactive", None
+    lab.standby.vips, lab.standby.vrrp_state = [VIP], "BACKUP"
+    lab.answers = "prod-back-standby"
+    (pair,) = run_verify(profile, lab).pairs
+    assert (pair.verdict, pair.holder) == (Verdict.MISMATCH, "prod-back-standby")
     assert any("keepalived there is BACKUP" in r for r in pair.reasons)
+
+
+def test_killed_keepalived_leaving_its_vip_behind_is_a_mismatch(profile: Profile, lab: Lab) -> None:
+    lab.master(lab.standby)
+    lab.primary.vips, lab.primary.service, lab.primary.vrrp_state = [VIP], "failed", None
+    (pair,) = run_verify(profile, lab).pairs
+    assert pair.verdict is Verdict.MISMATCH
+    assert "prod-back holds it but keepalived there is not reporting (service failed)" in (
+        pair.reasons
+    )
 
 
 def test_mismatch_when_master_does_not_hold(profile: Profile, lab: Lab) -> None:
