@@ -85,9 +85,10 @@ from labctl.remote import Remote
 
 log = logging.getLogger(__name__)
 
-POLL_INTERVAL = 0.03
+POLL_INTERVAL = 0.02
+MAX_INFLIGHT = 3
 STALE_AFTER = 0.25
-PROBE_TIMEOUT = 2.0
+PROBE_TIMEOUT = 30.0  # long: a probe abandoned early leaks an SSH session on a thawed node
 TICK = 0.005
 SETTLE_DEADLINE = 30.0
 TAKEOVER_SLACK = 10.0
@@ -399,32 +400,44 @@ def probe_holds(remote: Remote, vips: Sequence[str], timeout: float) -> bool:
     return any(ka.holds(addrs, v) for v in vips)
 
 
+ProbeOutcome = tuple[float, float, bool | None, str | None]  # start, end, holds, error
+
+
 @dataclass
 class _Channel:
     name: str
     probe: Callable[[], bool]
-    future: Future[tuple[float, float, bool | None, str | None]] | None = None
-    started: float = 0.0
+    inflight: list[tuple[float, Future[ProbeOutcome]]] = field(default_factory=list)
     next_due: float = 0.0
+    last_answer: float = 0.0
     stale_reported: float = 0.0
 
 
 @dataclass
 class Poller:
-    """Samples every node every ``interval`` s without ever blocking on a silent one."""
+    """Samples every node every ``interval`` s without ever blocking on a silent one.
+
+    An SSH exec round trip (~40-50 ms to a guest's sshd) is longer than the interval, so up to
+    ``max_inflight`` probes per node overlap; each sample is stamped with the middle of its
+    round trip. A probe that took longer than ``stale_after`` says nothing about a moment (it
+    may have spanned a freeze) and is dropped; a node with a probe outstanding that long is
+    sampled as unreachable.
+    """
 
     probes: Mapping[str, Callable[[], bool]]
     clock: Callable[[], float]
     executor: Executor
     interval: float = POLL_INTERVAL
     stale_after: float = STALE_AFTER
+    max_inflight: int = MAX_INFLIGHT
     samples: list[Sample] = field(default_factory=list)
     _channels: list[_Channel] = field(default_factory=list)
+    _latest: dict[str, Sample] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._channels = [_Channel(name, probe) for name, probe in self.probes.items()]
 
-    def _run(self, probe: Callable[[], bool]) -> tuple[float, float, bool | None, str | None]:
+    def _run(self, probe: Callable[[], bool]) -> ProbeOutcome:
         start = self.clock()
         try:
             holds: bool | None = probe()
@@ -433,31 +446,37 @@ class Poller:
             holds, error = None, str(exc) or type(exc).__name__
         return start, self.clock(), holds, error
 
+    def _add(self, sample: Sample) -> None:
+        self.samples.append(sample)
+        latest = self._latest.get(sample.node)
+        if latest is None or sample.t >= latest.t:
+            self._latest[sample.node] = sample
+
     def tick(self) -> None:
         now = self.clock()
         for ch in self._channels:
-            if ch.future is not None and ch.future.done():
-                start, end, holds, error = ch.future.result()
-                self.samples.append(Sample((start + end) / 2, ch.name, holds, error))
-                ch.future = None
-            elif (
-                ch.future is not None
-                and now - ch.started >= self.stale_after
+            for item in [i for i in ch.inflight if i[1].done()]:
+                ch.inflight.remove(item)
+                start, end, holds, error = item[1].result()
+                if holds is not None and end - start > self.stale_after:
+                    continue
+                ch.last_answer = max(ch.last_answer, end)
+                self._add(Sample((start + end) / 2, ch.name, holds, error))
+            oldest = min((started for started, _ in ch.inflight), default=now)
+            if (
+                now - oldest >= self.stale_after
+                and now - ch.last_answer >= self.stale_after
                 and now - ch.stale_reported >= self.interval
             ):
-                waited = now - ch.started
-                self.samples.append(Sample(now, ch.name, None, f"no answer for {waited:.2f} s"))
+                waited = now - oldest
+                self._add(Sample(now, ch.name, None, f"no answer for {waited:.2f} s"))
                 ch.stale_reported = now
-            if ch.future is None and now >= ch.next_due:
-                ch.started = now
+            if len(ch.inflight) < self.max_inflight and now >= ch.next_due:
                 ch.next_due = now + self.interval
-                ch.future = self.executor.submit(self._run, ch.probe)
+                ch.inflight.append((now, self.executor.submit(self._run, ch.probe)))
 
     def latest(self, name: str) -> Sample | None:
-        for s in reversed(self.samples):
-            if s.node == name:
-                return s
-        return None
+        return self._latest.get(name)
 
 
 # ---------------------------------------------------------------------------
@@ -760,7 +779,11 @@ class Drill:
 
     def run(self, trials: int = 1) -> DrillReport:
         own = self.executor is None
-        executor = self.executor or ThreadPoolExecutor(max_workers=4, thread_name_prefix="drill")
+        # probes of both nodes plus one fault command, with room for probes stuck on a frozen node
+        workers = 2 * MAX_INFLIGHT + 2
+        executor = self.executor or ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="drill"
+        )
         primary, standby = self.profile.nodes(self.pair_name)
         taker = standby.name
         expected, kind = theory(self.pair, self.fault, taker_priority=self._priority(taker))

@@ -426,3 +426,34 @@ def test_json_shape(profile: Profile) -> None:
     assert changes[:2] == [("prod-back", True), ("prod-back-standby", False)]
     assert ("prod-back-standby", True) in changes
     assert "s3cret" not in json.dumps(document)
+
+
+def test_poller_overlaps_probes_and_drops_one_that_spanned_a_freeze() -> None:
+    from concurrent.futures import Future
+
+    clock = FakeClock()
+    pending: list[tuple[Future[drill_op.ProbeOutcome], float]] = []
+
+    class Deferred(SyncExecutor):
+        """Probes finish only when the test says so, like a slow SSH round trip."""
+
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            future: Future[drill_op.ProbeOutcome] = Future()
+            pending.append((future, clock()))
+            return future
+
+    poller = drill_op.Poller({"a": lambda: True}, clock, Deferred(), interval=0.02)
+    for _ in range(5):
+        poller.tick()
+        clock.sleep(0.02)
+    assert len(pending) == drill_op.MAX_INFLIGHT  # overlapping, but bounded
+    first, started = pending.pop(0)
+    first.set_result((started, started + 0.04, True, None))  # a normal 40 ms round trip
+    clock.sleep(1.0)
+    late, started = pending.pop(0)
+    late.set_result((started, clock(), True, None))  # answered only after a second
+    poller.tick()
+    samples = [(s.holds, s.error is None) for s in poller.samples]
+    assert samples[0] == (True, True)
+    assert (True, True) not in samples[1:]  # the late answer is not a point in time
+    assert any(h is None for h, _ in samples[1:])  # the silence is: unreachable
