@@ -122,6 +122,21 @@ class VirtualBoxSettings(BaseModel):
     )
     vboxmanage: str = Field("VBoxManage", description="VBoxManage executable")
     nic: int = Field(1, description="the adapter (1-based) that carries the lab network")
+    guest_user: str | None = Field(
+        None,
+        description="guest account for exec-in-guest (guestcontrol); root, as labctl runs "
+        "guest commands as root; None = exec-in-guest unavailable",
+    )
+    guest_password_env: str | None = Field(
+        None, description="environment variable holding guest_user's password (never stored)"
+    )
+
+    @field_validator("guest_password_env")
+    @classmethod
+    def _password_env(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
 
     @field_validator("nic")
     @classmethod

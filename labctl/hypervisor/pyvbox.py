@@ -1,0 +1,390 @@
+"""VirtualBox through its Python SDK via pyvbox (PyPI ``virtualbox``, extra ``[virtualbox]``).
+
+pyvbox 2.1.1 is generated from the VirtualBox 6.1 API. On VirtualBox 7.x machine states decode
+wrongly (7.0 renumbered MachineState) and createMachine/clone break, so this backend refuses
+anything but 6.x with BackendUnavailable and points at the vboxmanage driver. ``import
+virtualbox`` succeeds without VirtualBox's SDK (vboxapi) and fails at first use, so check()
+actually talks to VirtualBox.
+
+Progress objects: ``wait_for_completion()`` is the API's own completion wait (not a labctl
+retry) and does not raise on failure: every progress is checked through ``result_code``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any
+
+from labctl.errors import BackendUnavailable, LabctlError, OperationFailed
+from labctl.hypervisor import ExecResult, Machine, MachineState
+from labctl.hypervisor.vbox_common import (
+    BASE_SNAPSHOT,
+    LINK_KEY,
+    TAG_KEY,
+    guest_credentials,
+    state_from_name,
+)
+from labctl.profile import Profile
+
+INSTALL_HINT = "pip install 'labctl[virtualbox]' (pyvbox) and VirtualBox 6.1 with its SDK"
+USE_VBOXMANAGE = 'set driver = "vboxmanage" under [lab.virtualbox] (works with 6.1 and 7.x)'
+
+# IMachine.state values of the VirtualBox 6.1 API (pyvbox's library.MachineState).
+_STATE_61 = {
+    1: "poweroff", 2: "saved", 3: "teleported", 4: "aborted", 5: "running", 6: "paused",
+    7: "gurumeditation", 8: "teleporting", 9: "livesnapshotting", 10: "starting",
+    11: "stopping", 12: "saving", 13: "restoring", 14: "teleportingpausedvm",
+    15: "teleportingin", 16: "deletingsnapshotlive", 17: "deletingsnapshotlivepaused",
+    18: "onlinesnapshotting", 19: "restoringsnapshot", 20: "deletingsnapshot",
+    21: "settingup", 22: "snapshotting",
+}  # fmt: skip
+# NetworkAttachmentType values, named as VBoxManage names them.
+_ATTACHMENT = {
+    0: "null", 1: "nat", 2: "bridged", 3: "intnet", 4: "hostonly", 5: "generic",
+    6: "natnetwork", 7: "cloud",
+}  # fmt: skip
+
+
+class PyVBoxHypervisor:
+    """The Hypervisor protocol (and VirtualBoxDetails) on top of pyvbox.
+
+    Args:
+        lab: the lab's name, written to every VM labctl creates (extra data ``labctl/lab``).
+        nic: 1-based adapter that carries the lab network (the API's slot is nic - 1).
+        profile: the profile, for guest credentials; None = exec unavailable.
+    """
+
+    name = "pyvbox"
+
+    def __init__(self, lab: str, *, nic: int = 1, profile: Profile | None = None) -> None:
+        self.lab = lab
+        self.nic = nic
+        self._profile = profile
+        self._api: Any = None
+        self._module: ModuleType | None = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _virtualbox(self) -> ModuleType:
+        if self._module is None:
+            try:
+                self._module = importlib.import_module("virtualbox")
+            except ImportError as exc:
+                raise BackendUnavailable(
+                    f"pyvbox is not installed: {exc}", hint=INSTALL_HINT
+                ) from exc
+        return self._module
+
+    def _vbox(self) -> Any:
+        """The IVirtualBox object, after checking that this host runs a 6.x API."""
+        if self._api is not None:
+            return self._api
+        vb = self._virtualbox()
+        try:
+            api = vb.VirtualBox()
+            version = str(api.version)
+        except ImportError as exc:
+            raise BackendUnavailable(
+                f"pyvbox cannot reach VirtualBox: its SDK (vboxapi) is missing: {exc}",
+                hint=f"install VirtualBox 6.1 with its SDK, or {USE_VBOXMANAGE}",
+            ) from exc
+        except Exception as exc:
+            raise BackendUnavailable(
+                f"pyvbox cannot reach VirtualBox: {exc}",
+                hint=f"check that VirtualBox 6.1 runs for this user, or {USE_VBOXMANAGE}",
+            ) from exc
+        if version.split(".")[0] != "6":
+            raise BackendUnavailable(
+                f"pyvbox 2.1.1 speaks the VirtualBox 6.1 API; this host runs VirtualBox {version}, "
+                "whose machine states and clone calls it gets wrong",
+                hint=USE_VBOXMANAGE,
+            )
+        self._api = api
+        return api
+
+    def _lib(self) -> Any:
+        return self._virtualbox().library
+
+    @contextmanager
+    def _wrap(self, what: str) -> Iterator[None]:
+        """Turn pyvbox/VirtualBox exceptions into OperationFailed naming the operation."""
+        try:
+            yield
+        except LabctlError:
+            raise
+        except Exception as exc:
+            raise OperationFailed(f"VirtualBox: {what} failed: {exc}") from exc
+
+    def _check_progress(self, progress: Any, what: str) -> None:
+        progress.wait_for_completion(-1)
+        if progress.result_code != 0:
+            text = ""
+            try:
+                text = progress.error_info.text
+            except Exception:  # error_info may be null
+                text = ""
+            raise OperationFailed(
+                f"VirtualBox: {what} failed (result code 0x{progress.result_code & 0xFFFFFFFF:x})"
+                + (f": {text}" if text else "")
+            )
+
+    def _find(self, name: str) -> Any | None:
+        vbox = self._vbox()
+        lib = self._lib()
+        try:
+            return vbox.find_machine(name)
+        except lib.VBoxErrorObjectNotFound:
+            return None
+        except Exception as exc:
+            raise OperationFailed(f"VirtualBox: looking up {name!r} failed: {exc}") from exc
+
+    def _require(self, name: str) -> Any:
+        machine = self._find(name)
+        if machine is None:
+            raise OperationFailed(f"no VirtualBox machine named {name!r}")
+        return machine
+
+    def _state(self, machine: Any) -> MachineState:
+        value = int(machine.state)
+        return state_from_name(_STATE_61.get(value, f"#{value}"), machine.name)
+
+    @contextmanager
+    def _session(self, machine: Any, *, write: bool = False) -> Iterator[Any]:
+        lib = self._lib()
+        session = self._virtualbox().Session()
+        lock = lib.LockType.write if write else lib.LockType.shared
+        # IMachine.lock_machine directly: pyvbox's create_session() helper sleeps and retries.
+        machine.lock_machine(session, lock)
+        try:
+            yield session
+        finally:
+            session.unlock_machine()
+
+    def _on_console(self, name: str, what: str, action: Callable[[Any], Any]) -> None:
+        machine = self._require(name)
+        with self._wrap(f"{what} {name}"), self._session(machine) as session:
+            result = action(session.console)
+            if result is not None and hasattr(result, "result_code"):
+                self._check_progress(result, f"{what} {name}")
+
+    # -- Hypervisor -------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise BackendUnavailable unless pyvbox reaches a VirtualBox 6.x through its SDK."""
+        self._vbox()
+
+    def inspect(self, name: str) -> Machine:
+        """The VM's state (ABSENT when not registered) and whether labctl created it."""
+        machine = self._find(name)
+        if machine is None:
+            return Machine(name, MachineState.ABSENT)
+        with self._wrap(f"reading {name}"):
+            managed = machine.get_extra_data(TAG_KEY) == self.lab
+            return Machine(name, self._state(machine), None, managed)
+
+    def list(self) -> list[Machine]:
+        """Every registered VM tagged with this lab's name."""
+        vbox = self._vbox()
+        with self._wrap("listing machines"):
+            return [
+                Machine(m.name, self._state(m), None, True)
+                for m in vbox.machines
+                if m.get_extra_data(TAG_KEY) == self.lab
+            ]
+
+    def clone(self, source: str, target: str, *, linked: bool = False) -> None:
+        """IMachine.clone_to into a new machine with new MACs, tagged, cable disconnected.
+
+        A linked clone is made from the snapshot ``labctl-base`` of the source, taken once
+        when missing. Any failure unregisters and deletes what was created.
+        """
+        vbox = self._vbox()
+        lib = self._lib()
+        if self._find(target) is not None:
+            raise OperationFailed(f"cannot clone onto {target!r}: a VM of that name exists")
+        src = self._require(source)
+        with self._wrap(f"cloning {source} to {target}"):
+            base, options = src, []
+            if linked:
+                base = self._base_snapshot(src).machine
+                options = [lib.CloneOptions.link]
+            settings = vbox.compose_machine_filename(target, "", "", "")
+            new = vbox.create_machine(settings, target, [], "", "")
+            try:
+                progress = base.clone_to(new, lib.CloneMode.machine_state, options)
+                self._check_progress(progress, f"cloning {source} to {target}")
+            except Exception:
+                # the new machine is not registered yet: drop whatever files the clone wrote
+                with contextlib.suppress(Exception):
+                    new.delete_config([])
+                raise
+            vbox.register_machine(new)
+        try:
+            with self._wrap(f"preparing clone {target}"):
+                new = self._require(target)
+                new.set_extra_data(TAG_KEY, self.lab)
+                new.set_extra_data(LINK_KEY, "off")
+                with self._session(new, write=True) as session:
+                    session.machine.get_network_adapter(self.nic - 1).cable_connected = False
+                    session.machine.save_settings()
+        except OperationFailed:
+            self._delete(target)
+            raise
+
+    def _base_snapshot(self, src: Any) -> Any:
+        lib = self._lib()
+        try:
+            return src.find_snapshot(BASE_SNAPSHOT)
+        except lib.VBoxErrorObjectNotFound:
+            pass
+        with self._session(src) as session:
+            progress, _snapshot_id = session.machine.take_snapshot(
+                BASE_SNAPSHOT, "base of labctl's linked clones", False
+            )
+            self._check_progress(progress, f"snapshot of {src.name}")
+        return src.find_snapshot(BASE_SNAPSHOT)
+
+    def _delete(self, name: str) -> None:
+        machine = self._find(name)
+        if machine is None:
+            return
+        lib = self._lib()
+        with self._wrap(f"deleting {name}"):
+            media = machine.unregister(lib.CleanupMode.full)
+            self._check_progress(machine.delete_config(media), f"deleting {name}")
+
+    def start(self, name: str) -> None:
+        """launch_vm_process(headless) after applying the remembered link state."""
+        machine = self._require(name)
+        state = self._state(machine)
+        if state is MachineState.RUNNING:
+            return
+        if state is MachineState.PAUSED:
+            raise OperationFailed(f"{name} is paused; resume it instead of starting it")
+        with self._wrap(f"starting {name}"):
+            link = machine.get_extra_data(LINK_KEY)
+            if link in ("on", "off"):
+                with self._session(machine, write=True) as session:
+                    adapter = session.machine.get_network_adapter(self.nic - 1)
+                    adapter.cable_connected = link == "on"
+                    session.machine.save_settings()
+            session = self._virtualbox().Session()
+            progress = machine.launch_vm_process(session, "headless", [])
+            try:
+                self._check_progress(progress, f"starting {name}")
+            finally:
+                # a launch that failed leaves the session unlocked: don't mask its error
+                with contextlib.suppress(Exception):
+                    session.unlock_machine()
+
+    def stop(self, name: str, *, hard: bool = False) -> None:
+        """power_down (hard) or power_button (graceful, returns before the guest is down)."""
+        state = self._state(self._require(name))
+        if state is MachineState.STOPPED:
+            return
+        if not hard and state is MachineState.PAUSED:
+            raise OperationFailed(f"{name} is paused: a frozen guest cannot handle ACPI")
+        if hard:
+            self._on_console(name, "powering off", lambda console: console.power_down())
+        else:
+            self._on_console(name, "ACPI shutdown of", lambda console: console.power_button())
+
+    def pause(self, name: str) -> None:
+        """IConsole.pause; no-op when already paused."""
+        state = self._state(self._require(name))
+        if state is MachineState.PAUSED:
+            return
+        if state is not MachineState.RUNNING:
+            raise OperationFailed(f"cannot pause {name}: it is {state}")
+        self._on_console(name, "pausing", lambda console: console.pause())
+
+    def resume(self, name: str) -> None:
+        """IConsole.resume; no-op when already running."""
+        state = self._state(self._require(name))
+        if state is MachineState.RUNNING:
+            return
+        if state is not MachineState.PAUSED:
+            raise OperationFailed(f"cannot resume {name}: it is {state}")
+        self._on_console(name, "resuming", lambda console: console.resume())
+
+    def set_link(self, name: str, up: bool) -> None:
+        """INetworkAdapter.cable_connected, live on a running VM; remembered for next start."""
+        machine = self._require(name)
+        running = self._state(machine) is not MachineState.STOPPED
+        with self._wrap(f"setting the link of {name}"):
+            machine.set_extra_data(LINK_KEY, "on" if up else "off")
+            with self._session(machine, write=not running) as session:
+                session.machine.get_network_adapter(self.nic - 1).cable_connected = up
+                session.machine.save_settings()
+
+    def exec_in_guest(self, name: str, argv: Sequence[str], *, timeout: float = 60.0) -> ExecResult:
+        """IGuestSession.execute on a running VM (Guest Additions and guest credentials)."""
+        if not argv:
+            raise OperationFailed("exec_in_guest needs a command")
+        if self._profile is None:
+            raise OperationFailed("exec_in_guest needs the profile's guest credentials")
+        user, password = guest_credentials(self._profile)
+        machine = self._require(name)
+        state = self._state(machine)
+        if state is not MachineState.RUNNING:
+            raise OperationFailed(f"cannot run a command in {name}: it is {state}")
+        with self._wrap(f"running {argv[0]} in {name}"), self._session(machine) as session:
+            guest_session = session.console.guest.create_session(user, password)
+            try:
+                process, out, err = guest_session.execute(
+                    argv[0], list(argv[1:]), timeout_ms=int(timeout * 1000)
+                )
+            finally:
+                guest_session.close()
+            return ExecResult(
+                tuple(argv),
+                int(process.exit_code),
+                bytes(out).decode(errors="replace"),
+                bytes(err).decode(errors="replace"),
+            )
+
+    def destroy(self, name: str) -> None:
+        """Power off if needed, unregister (CleanupMode.full) and delete_config. Tagged only."""
+        machine = self._find(name)
+        if machine is None:
+            return
+        with self._wrap(f"reading {name}"):
+            tag = machine.get_extra_data(TAG_KEY)
+        if tag != self.lab:
+            raise OperationFailed(
+                f"refusing to destroy {name}: labctl did not create it for lab {self.lab!r} "
+                f"(extra data {TAG_KEY} is {tag or None!r})"
+            )
+        if self._state(machine) is not MachineState.STOPPED:
+            self._on_console(name, "powering off", lambda console: console.power_down())
+        self._delete(name)
+
+    # -- VirtualBoxDetails ------------------------------------------------------------------
+
+    def nic_attachment(self, name: str) -> str:
+        """The lab NIC's attachment, named as VBoxManage names it (nat, intnet, ...)."""
+        machine = self._require(name)
+        with self._wrap(f"reading the NIC of {name}"):
+            adapter = machine.get_network_adapter(self.nic - 1)
+            if not adapter.enabled:
+                return "none"
+            value = int(adapter.attachment_type)
+            return _ATTACHMENT.get(value, f"unknown({value})")
+
+    def guest_additions(self, name: str) -> str | None:
+        """IGuest.additions_version of the running guest; None when absent or not running."""
+        machine = self._require(name)
+        if self._state(machine) is MachineState.STOPPED:
+            return None
+        with self._wrap(f"reading Guest Additions of {name}"), self._session(machine) as session:
+            version = str(session.console.guest.additions_version or "")
+        return version or None
+
+
+def from_profile(profile: Profile) -> PyVBoxHypervisor:
+    """The backend for ``lab.virtualbox.driver = "pyvbox"``."""
+    return PyVBoxHypervisor(profile.lab.name, nic=profile.lab.virtualbox.nic, profile=profile)

@@ -1,0 +1,71 @@
+"""What both VirtualBox backends share: tags, state names, guest credentials.
+
+labctl marks every VM it creates with the extra-data key ``labctl/lab`` = the lab's name and
+refuses to destroy anything without that mark. ``labctl/link`` remembers the last ``set_link``
+so that ``start`` can apply it to the saved NIC setting (a live ``setlinkstate`` is not
+guaranteed to outlive the running VM).
+"""
+
+from __future__ import annotations
+
+import os
+
+from labctl.errors import OperationFailed, ProfileError
+from labctl.hypervisor import MachineState
+from labctl.profile import Profile
+
+TAG_KEY = "labctl/lab"
+LINK_KEY = "labctl/link"
+BASE_SNAPSHOT = "labctl-base"
+
+# VBoxManage's short state names (machineStateToName(..., fShort=true)); 7.x adds abortedsaved.
+_STOPPED = {
+    "poweroff", "saved", "aborted", "abortedsaved", "teleported",
+    "snapshotting", "settingup", "restoringsnapshot", "deletingsnapshot",
+}  # fmt: skip
+_PAUSED = {"paused", "teleportingpausedvm", "deletingsnapshotlivepaused"}
+_RUNNING = {
+    "running", "starting", "stopping", "saving", "restoring", "livesnapshotting",
+    "onlinesnapshotting", "teleporting", "teleportingin", "deletingsnapshotlive",
+    "gurumeditation", "faulttolerantsyncing",
+}  # fmt: skip
+
+
+def state_from_name(name: str, vm: str) -> MachineState:
+    """Map a VirtualBox machine state name (VBoxManage's short form) to labctl's four states.
+
+    Transitional online states (starting, stopping, saving...) count as RUNNING: the VM process
+    is up. Offline ones (snapshotting a stopped VM...) count as STOPPED.
+    """
+    if name in _RUNNING:
+        return MachineState.RUNNING
+    if name in _PAUSED:
+        return MachineState.PAUSED
+    if name in _STOPPED:
+        return MachineState.STOPPED
+    raise OperationFailed(f"{vm}: VirtualBox reports an unknown machine state {name!r}")
+
+
+def guest_credentials(profile: Profile) -> tuple[str, str]:
+    """The guest account for guestcontrol: (user, password).
+
+    The password comes from the environment variable named by
+    ``lab.virtualbox.guest_password_env``; it is never stored in the profile or printed.
+    """
+    settings = profile.lab.virtualbox
+    if settings.guest_user is None:
+        raise ProfileError(
+            "lab.virtualbox.guest_user: needed to run commands in a VirtualBox guest "
+            "(guestcontrol)",
+            hint="set guest_user (and guest_password_env) under [lab.virtualbox]",
+        )
+    if settings.guest_password_env is None:
+        return settings.guest_user, ""
+    password = os.environ.get(settings.guest_password_env)
+    if password is None:
+        raise ProfileError(
+            f"lab.virtualbox.guest_password_env: environment variable "
+            f"{settings.guest_password_env} is not set",
+            hint=f"export {settings.guest_password_env}=<password of {settings.guest_user}>",
+        )
+    return settings.guest_user, password

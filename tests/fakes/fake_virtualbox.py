@@ -1,0 +1,514 @@
+"""FAKE ``virtualbox`` module (pyvbox): VirtualBox and its SDK cannot run here.
+
+Shaped like pyvbox 2.1.1 (sethmlarson/virtualbox-python), the names labctl's pyvbox backend
+uses and nothing more: ``virtualbox.VirtualBox()`` (fails at first use when the SDK's vboxapi is
+missing, as the real one does), ``virtualbox.Session()``, ``virtualbox.library`` with the enums
+(6.1 numbering) and VBoxError classes, IMachine/ISession/IConsole/IGuest/IGuestSession/IProgress
+objects with pyvbox's snake_case names. A progress that failed does not raise from
+``wait_for_completion()``; it reports ``result_code`` != 0, like the real one.
+
+On a world whose version is 7.x the fake does what pyvbox 2.1.1 does against VirtualBox 7:
+machine states come back in 7.0's numbering (decoded wrongly with 6.1's enum) and
+``create_machine`` with 6.1's signature fails.
+
+Install it with ``install(world)`` (puts the module in ``sys.modules``) inside a test only.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Sequence
+from typing import Any
+
+from tests.fakes.vbox_world import (
+    STOPPED_STATES,
+    GuestError,
+    Injected,
+    InvalidState,
+    Locked,
+    NotFound,
+    Vm,
+    World,
+)
+
+
+class _Enum:
+    """pyvbox's Enum: int() gives the value, str() the label, compares by value."""
+
+    _labels: dict[int, str] = {}  # noqa: RUF012
+
+    def __init__(self, value: int) -> None:
+        self._value = value
+
+    def __int__(self) -> int:
+        return self._value
+
+    def __str__(self) -> str:
+        return self._labels.get(self._value, "?")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _Enum | int):
+            return int(self) == int(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._value})"
+
+
+def _enum(name: str, items: Sequence[tuple[str, str, int]]) -> type[_Enum]:
+    cls = type(name, (_Enum,), {"_labels": {value: label for label, _, value in items}})
+    for label, attr, value in items:
+        del label
+        setattr(cls, attr, cls(value))
+    return cls
+
+
+MACHINE_STATE_61 = [
+    ("Null", "null", 0), ("PoweredOff", "powered_off", 1), ("Saved", "saved", 2),
+    ("Teleported", "teleported", 3), ("Aborted", "aborted", 4), ("Running", "running", 5),
+    ("Paused", "paused", 6), ("Stuck", "stuck", 7), ("Starting", "starting", 10),
+    ("Stopping", "stopping", 11),
+]  # fmt: skip
+# VirtualBox 7.0 inserted AbortedSaved=5, shifting Running to 6 and Paused to 7.
+_STATE_NUMBER = {
+    "6": {"poweroff": 1, "saved": 2, "teleported": 3, "aborted": 4, "running": 5, "paused": 6},
+    "7": {"poweroff": 1, "saved": 2, "teleported": 3, "aborted": 4, "running": 6, "paused": 7},
+}
+ATTACHMENT = [
+    ("Null", "null", 0), ("NAT", "nat", 1), ("Bridged", "bridged", 2),
+    ("Internal", "internal", 3), ("HostOnly", "host_only", 4), ("Generic", "generic", 5),
+    ("NATNetwork", "nat_network", 6), ("Cloud", "cloud", 7),
+]  # fmt: skip
+_ATTACHMENT_NUMBER = {
+    "null": 0, "nat": 1, "bridged": 2, "intnet": 3, "hostonly": 4, "generic": 5,
+    "natnetwork": 6, "cloud": 7,
+}  # fmt: skip
+E_FAIL = 0x80004005
+
+
+def _library() -> types.ModuleType:
+    lib = types.ModuleType("virtualbox.library")
+    lib.vbox_version = "6.1.16"  # type: ignore[attr-defined]
+    lib.MachineState = _enum("MachineState", MACHINE_STATE_61)  # type: ignore[attr-defined]
+    lib.NetworkAttachmentType = _enum("NetworkAttachmentType", ATTACHMENT)  # type: ignore[attr-defined]
+    lib.LockType = _enum(  # type: ignore[attr-defined]
+        "LockType",
+        [("Null", "null", 0), ("Shared", "shared", 1), ("Write", "write", 2), ("VM", "vm", 3)],
+    )
+    lib.CleanupMode = _enum(  # type: ignore[attr-defined]
+        "CleanupMode",
+        [
+            ("UnregisterOnly", "unregister_only", 1),
+            ("DetachAllReturnNone", "detach_all_return_none", 2),
+            ("DetachAllReturnHardDisksOnly", "detach_all_return_hard_disks_only", 3),
+            ("Full", "full", 4),
+        ],
+    )
+    lib.CloneMode = _enum(  # type: ignore[attr-defined]
+        "CloneMode",
+        [
+            ("MachineState", "machine_state", 1),
+            ("MachineAndChildStates", "machine_and_child_states", 2),
+            ("AllStates", "all_states", 3),
+        ],
+    )
+    lib.CloneOptions = _enum(  # type: ignore[attr-defined]
+        "CloneOptions",
+        [
+            ("Link", "link", 1),
+            ("KeepAllMACs", "keep_all_ma_cs", 2),
+            ("KeepNATMACs", "keep_natma_cs", 3),
+            ("KeepDiskNames", "keep_disk_names", 4),
+            ("KeepHwUUIDs", "keep_hw_uui_ds", 5),
+        ],
+    )
+
+    class VBoxError(Exception):
+        """Generic VBoxError"""
+
+        value = -1
+
+        def __init__(self, msg: str = "") -> None:
+            super().__init__(msg)
+            self.msg = msg
+
+        def __str__(self) -> str:
+            return f"0x{self.value & 0xFFFFFFFF:x} ({self.msg})"
+
+    class VBoxErrorObjectNotFound(VBoxError):
+        value = 0x80BB0001
+
+    class VBoxErrorInvalidVmState(VBoxError):
+        value = 0x80BB0002
+
+    class VBoxErrorInvalidObjectState(VBoxError):
+        value = 0x80BB0007
+
+    class VBoxErrorIprtError(VBoxError):
+        value = 0x80BB0005
+
+    lib.VBoxError = VBoxError  # type: ignore[attr-defined]
+    lib.VBoxErrorObjectNotFound = VBoxErrorObjectNotFound  # type: ignore[attr-defined]
+    lib.VBoxErrorInvalidVmState = VBoxErrorInvalidVmState  # type: ignore[attr-defined]
+    lib.VBoxErrorInvalidObjectState = VBoxErrorInvalidObjectState  # type: ignore[attr-defined]
+    lib.VBoxErrorIprtError = VBoxErrorIprtError  # type: ignore[attr-defined]
+    return lib
+
+
+class FakeVirtualBoxApi:
+    """The objects behind one fake ``virtualbox`` module, bound to a World."""
+
+    def __init__(self, world: World, *, sdk_present: bool = True) -> None:
+        self.world = world
+        self.sdk_present = sdk_present
+        self.lib = _library()
+        self.module = self._module()
+
+    # -- module -----------------------------------------------------------------------------
+
+    def _module(self) -> types.ModuleType:
+        api = self
+        mod = types.ModuleType("virtualbox")
+        mod.__doc__ = "FAKE virtualbox (pyvbox) module for tests: VirtualBox cannot run here."
+        mod.library = self.lib  # type: ignore[attr-defined]
+        mod.__version__ = "2.1.1"  # type: ignore[attr-defined]
+
+        def virtualbox_factory() -> FakeIVirtualBox:
+            if not api.sdk_present:
+                # pyvbox's Manager() imports vboxapi (VirtualBox's SDK) on first use.
+                raise ModuleNotFoundError("No module named 'vboxapi'", name="vboxapi")
+            return FakeIVirtualBox(api)
+
+        def session_factory() -> FakeSession:
+            if not api.sdk_present:
+                raise ModuleNotFoundError("No module named 'vboxapi'", name="vboxapi")
+            return FakeSession(api)
+
+        mod.VirtualBox = virtualbox_factory  # type: ignore[attr-defined]
+        mod.Session = session_factory  # type: ignore[attr-defined]
+        return mod
+
+    def install(self) -> None:
+        sys.modules["virtualbox"] = self.module
+        sys.modules["virtualbox.library"] = self.lib
+
+    @staticmethod
+    def uninstall() -> None:
+        sys.modules.pop("virtualbox", None)
+        sys.modules.pop("virtualbox.library", None)
+
+    @property
+    def major(self) -> str:
+        return self.world.version.split(".")[0]
+
+    def error(self, kind: str, msg: str) -> Exception:
+        cls: type[Exception] = getattr(self.lib, kind)
+        return cls(msg)
+
+
+class FakeProgress:
+    def __init__(self, error: str | None = None) -> None:
+        self.completed = False
+        self._error = error
+
+    def wait_for_completion(self, timeout: int = -1) -> None:
+        del timeout
+        self.completed = True  # never raises, even on failure (pyvbox behaviour)
+
+    @property
+    def result_code(self) -> int:
+        return 0 if self._error is None else E_FAIL
+
+    @property
+    def error_info(self) -> Any:
+        return types.SimpleNamespace(text=self._error or "", result_code=self.result_code)
+
+
+class FakeIVirtualBox:
+    def __init__(self, api: FakeVirtualBoxApi) -> None:
+        self._api = api
+
+    @property
+    def version(self) -> str:
+        return self._api.world.version.split("r")[0]
+
+    @property
+    def machines(self) -> list[FakeMachine]:
+        return [FakeMachine(self._api, name) for name in self._api.world.machines]
+
+    def find_machine(self, name_or_id: str) -> FakeMachine:
+        try:
+            vm = self._api.world.find(name_or_id)
+        except NotFound:
+            raise self._api.error(
+                "VBoxErrorObjectNotFound",
+                f"Could not find a registered machine named '{name_or_id}'",
+            ) from None
+        return FakeMachine(self._api, vm.name)
+
+    def compose_machine_filename(
+        self, name: str, group: str, create_flags: str, base_folder: str
+    ) -> str:
+        return self._api.world.settings_file(name)
+
+    def create_machine(
+        self, settings_file: str, name: str, groups: list[str], os_type_id: str, flags: str
+    ) -> FakeMachine:
+        if self._api.major != "6":
+            raise self._api.error(
+                "VBoxError", "createMachine: wrong number of arguments for this API"
+            )
+        if name in self._api.world.machines:
+            raise self._api.error(
+                "VBoxError", f"Machine settings file '{settings_file}' already exists"
+            )
+        return FakeMachine(self._api, name, registered=False)
+
+    def register_machine(self, machine: FakeMachine) -> None:
+        assert machine._pending is not None, "register_machine of a machine that was never cloned"
+        self._api.world.machines[machine.name] = machine._pending
+        machine._pending = None
+        machine._registered = True
+
+
+class FakeAdapter:
+    def __init__(self, api: FakeVirtualBoxApi, machine: str, slot: int) -> None:
+        self._api, self._machine, self._slot = api, machine, str(slot + 1)
+
+    def _vm(self) -> Vm:
+        return self._api.world.find(self._machine)
+
+    @property
+    def enabled(self) -> bool:
+        return self._slot in self._vm().nics
+
+    @property
+    def mac_address(self) -> str:
+        return self._vm().nics[self._slot].mac
+
+    @property
+    def attachment_type(self) -> _Enum:
+        nic = self._vm().nics.get(self._slot)
+        number = _ATTACHMENT_NUMBER[nic.attachment] if nic else 0
+        return self._api.lib.NetworkAttachmentType(number)  # type: ignore[no-any-return]
+
+    @property
+    def cable_connected(self) -> bool:
+        vm = self._vm()
+        nic = vm.nics[self._slot]
+        return nic.cable if vm.state in STOPPED_STATES else nic.live_cable
+
+    @cable_connected.setter
+    def cable_connected(self, value: bool) -> None:
+        if self._vm().state in STOPPED_STATES:
+            self._api.world.set_saved_cable(self._machine, self._slot, value)
+        else:
+            self._api.world.set_live_cable(self._machine, self._slot, value)
+
+
+class FakeSnapshot:
+    def __init__(self, machine: FakeMachine, name: str) -> None:
+        self.machine = machine
+        self.name = name
+
+
+class FakeMachine:
+    def __init__(self, api: FakeVirtualBoxApi, name: str, *, registered: bool = True) -> None:
+        self._api = api
+        self.name = name
+        self._registered = registered
+        self._pending: Vm | None = None
+
+    def _vm(self) -> Vm:
+        try:
+            return self._api.world.find(self.name)
+        except NotFound:
+            raise self._api.error(
+                "VBoxErrorObjectNotFound",
+                f"Could not find a registered machine named '{self.name}'",
+            ) from None
+
+    @property
+    def state(self) -> _Enum:
+        vm = self._api.world.observe(self.name)
+        number = _STATE_NUMBER[self._api.major].get(vm.state, 0)
+        return self._api.lib.MachineState(number)  # type: ignore[no-any-return]
+
+    def get_network_adapter(self, slot: int) -> FakeAdapter:
+        self._vm()
+        return FakeAdapter(self._api, self.name, slot)
+
+    def get_extra_data(self, key: str) -> str:
+        return self._vm().extradata.get(key, "")
+
+    def set_extra_data(self, key: str, value: str) -> None:
+        try:
+            self._api.world.set_extradata(self.name, key, value or None)
+        except Injected as exc:
+            raise self._api.error("VBoxError", str(exc)) from None
+
+    def save_settings(self) -> None:
+        self._vm()
+
+    def find_snapshot(self, name_or_id: str) -> FakeSnapshot:
+        if name_or_id not in self._vm().snapshots:
+            raise self._api.error(
+                "VBoxErrorObjectNotFound", f"Could not find a snapshot named '{name_or_id}'"
+            )
+        return FakeSnapshot(self, name_or_id)
+
+    def take_snapshot(self, name: str, description: str, pause: bool) -> tuple[FakeProgress, str]:
+        try:
+            self._api.world.take_snapshot(self.name, name)
+        except Injected as exc:
+            return FakeProgress(str(exc)), ""
+        return FakeProgress(), f"snap-{name}"
+
+    def lock_machine(self, session: FakeSession, lock_type: _Enum) -> None:
+        vm = self._vm()
+        if int(lock_type) == 2 and vm.state not in STOPPED_STATES:
+            raise self._api.error(
+                "VBoxErrorInvalidObjectState",
+                f"The machine '{self.name}' is already locked for a session",
+            )
+        session._lock(self)
+
+    def launch_vm_process(
+        self, session: FakeSession, name: str, environment_changes: list[str]
+    ) -> FakeProgress:
+        try:
+            self._api.world.start(self.name)
+        except Locked as exc:
+            raise self._api.error("VBoxErrorInvalidObjectState", str(exc)) from None
+        except Injected as exc:
+            return FakeProgress(str(exc))
+        session._lock(self)
+        return FakeProgress()
+
+    def clone_to(self, target: FakeMachine, mode: _Enum, options: list[_Enum]) -> FakeProgress:
+        linked = any(int(o) == 1 for o in options)
+        source = self._vm()
+        snapshot = source.snapshots[-1] if linked and source.snapshots else None
+        try:
+            self._api.world.clone(self.name, target.name, snapshot=snapshot, linked=linked)
+        except (Injected, InvalidState, NotFound) as exc:
+            return FakeProgress(str(exc))
+        target._pending = self._api.world.machines.pop(target.name)
+        return FakeProgress()
+
+    def unregister(self, cleanup_mode: _Enum) -> list[str]:
+        try:
+            self._api.world.unregister_delete(self.name)
+        except Locked as exc:
+            raise self._api.error("VBoxErrorInvalidObjectState", str(exc)) from None
+        self._registered = False
+        return [f"{self.name}.vdi"]
+
+    def delete_config(self, media: list[str]) -> FakeProgress:
+        return FakeProgress()
+
+
+class FakeSession:
+    def __init__(self, api: FakeVirtualBoxApi) -> None:
+        self._api = api
+        self._machine: FakeMachine | None = None
+
+    def _lock(self, machine: FakeMachine) -> None:
+        if self._machine is not None:
+            raise self._api.error("VBoxErrorInvalidObjectState", "Session already open")
+        self._machine = machine
+
+    @property
+    def machine(self) -> FakeMachine:
+        assert self._machine is not None, "session not locked"
+        return self._machine
+
+    @property
+    def console(self) -> FakeConsole:
+        machine = self.machine
+        if machine._vm().state in STOPPED_STATES:
+            raise self._api.error("VBoxErrorInvalidVmState", "Machine is not running: no console")
+        return FakeConsole(self._api, machine.name)
+
+    def unlock_machine(self) -> None:
+        if self._machine is None:
+            raise self._api.error("VBoxErrorInvalidObjectState", "Session is not locked")
+        self._machine = None
+
+
+class FakeConsole:
+    def __init__(self, api: FakeVirtualBoxApi, name: str) -> None:
+        self._api, self._name = api, name
+
+    def _do(self, action: str) -> None:
+        try:
+            getattr(self._api.world, action)(self._name)
+        except InvalidState as exc:
+            raise self._api.error("VBoxErrorInvalidVmState", str(exc)) from None
+
+    def power_down(self) -> FakeProgress:
+        self._do("power_off")
+        return FakeProgress()
+
+    def power_button(self) -> None:
+        self._do("acpi")
+
+    def pause(self) -> None:
+        self._do("pause")
+
+    def resume(self) -> None:
+        self._do("resume")
+
+    @property
+    def guest(self) -> FakeGuest:
+        return FakeGuest(self._api, self._name)
+
+
+class FakeGuest:
+    def __init__(self, api: FakeVirtualBoxApi, name: str) -> None:
+        self._api, self._name = api, name
+
+    @property
+    def additions_version(self) -> str:
+        return self._api.world.find(self._name).guest_additions or ""
+
+    def create_session(
+        self, user: str, password: str, domain: str = "", session_name: str = "pyvbox",
+        timeout_ms: int = 0,
+    ) -> FakeGuestSession:  # fmt: skip
+        vm = self._api.world.find(self._name)
+        if not vm.guest_additions or vm.guest_accounts.get(user) != password:
+            raise SystemError("GuestSession failed to start")
+        return FakeGuestSession(self._api, self._name, user, password)
+
+
+class FakeProcess:
+    def __init__(self, exit_code: int) -> None:
+        self.exit_code = exit_code
+
+
+class FakeGuestSession:
+    def __init__(self, api: FakeVirtualBoxApi, name: str, user: str, password: str) -> None:
+        self._api, self._name, self._user, self._password = api, name, user, password
+        self.closed = False
+
+    def execute(
+        self, command: str, arguments: list[str] | None = None, stdin: str = "",
+        environment: list[str] | None = None, flags: list[Any] | None = None,
+        priority: Any = None, affinity: list[int] | None = None, timeout_ms: int = 0,
+    ) -> tuple[FakeProcess, bytes, bytes]:  # fmt: skip
+        argv = [command, *(arguments or [])]
+        try:
+            code, out, err = self._api.world.run_in_guest(
+                self._name, self._user, self._password, argv, timeout_ms / 1000 or None
+            )
+        except (InvalidState, GuestError) as exc:
+            raise self._api.error("VBoxError", str(exc)) from None
+        return FakeProcess(code), out.encode(), err.encode()
+
+    def close(self) -> None:
+        self.closed = True

@@ -1,0 +1,174 @@
+"""The pyvbox backend against the fake ``virtualbox`` module (VirtualBox cannot run here).
+
+pyvbox itself is not installed for these tests: a fake module shaped like pyvbox 2.1.1 is put
+in sys.modules for each test only.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from labctl.errors import EXIT_BACKEND, EXIT_FAILED, LabctlError
+from labctl.hypervisor import Hypervisor, MachineState, VirtualBoxDetails, get_hypervisor
+from labctl.hypervisor.pyvbox import PyVBoxHypervisor
+from tests.contract.backends_vbox import (
+    GUEST_PASSWORD,
+    GUEST_PASSWORD_ENV,
+    GUEST_USER,
+    vbox_profile,
+)
+from tests.fakes.fake_virtualbox import FakeVirtualBoxApi
+from tests.fakes.vbox_world import World
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    fake_world = World(version="6.1.50r161033")
+    fake_world.create("prod", guest_accounts={GUEST_USER: GUEST_PASSWORD})
+    install(monkeypatch, FakeVirtualBoxApi(fake_world))
+    monkeypatch.setenv(GUEST_PASSWORD_ENV, GUEST_PASSWORD)
+    yield fake_world
+
+
+def install(monkeypatch: pytest.MonkeyPatch, api: FakeVirtualBoxApi) -> None:
+    monkeypatch.setitem(sys.modules, "virtualbox", api.module)
+    monkeypatch.setitem(sys.modules, "virtualbox.library", api.lib)
+
+
+def backend(nic: int = 1) -> PyVBoxHypervisor:
+    hv = get_hypervisor(vbox_profile("pyvbox", nic=nic))
+    assert isinstance(hv, PyVBoxHypervisor)
+    return hv
+
+
+def test_it_is_a_hypervisor_and_a_virtualbox_details_provider(world: World) -> None:
+    # the annotations make mypy check the protocols structurally; isinstance checks at runtime
+    hypervisor: Hypervisor = backend()
+    details: VirtualBoxDetails = backend()
+    assert isinstance(hypervisor, Hypervisor) and isinstance(details, VirtualBoxDetails)
+
+
+def test_nat_attachment_is_reported_for_the_lab_nic(world: World) -> None:
+    world.create("natted", attachment="nat")
+    assert backend().nic_attachment("natted") == "nat"
+    assert backend().nic_attachment("prod") == "intnet"
+    assert backend(nic=2).nic_attachment("prod") == "none"
+
+
+def test_guest_additions_version_while_running(world: World) -> None:
+    hv = backend()
+    assert hv.guest_additions("prod") is None
+    hv.start("prod")
+    assert hv.guest_additions("prod") == "6.1.50 r161033"
+
+
+def test_missing_guest_additions_is_none(world: World) -> None:
+    world.create("bare", guest_additions=None)
+    hv = backend()
+    hv.start("bare")
+    assert hv.guest_additions("bare") is None
+
+
+@pytest.mark.parametrize("version", ["7.0.14r161095", "7.1.4r165100"])
+def test_virtualbox_7_is_backend_unavailable_pointing_at_vboxmanage(
+    monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    seven = World(version=version)
+    seven.create("prod")
+    seven.start("prod")
+    install(monkeypatch, FakeVirtualBoxApi(seven))
+    hv = backend()
+    with pytest.raises(LabctlError) as failure:
+        hv.check()
+    assert failure.value.exit_code == EXIT_BACKEND
+    assert version.split("r")[0] in failure.value.message
+    assert failure.value.hint is not None and 'driver = "vboxmanage"' in failure.value.hint
+    # not only check(): no call ever decodes a 7.x state with the 6.1 enum (running -> paused)
+    with pytest.raises(LabctlError) as inspect_failure:
+        hv.inspect("prod")
+    assert inspect_failure.value.exit_code == EXIT_BACKEND
+
+
+def test_missing_sdk_is_backend_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `import virtualbox` works without VirtualBox's SDK; the first use fails.
+    install(monkeypatch, FakeVirtualBoxApi(World(), sdk_present=False))
+    with pytest.raises(LabctlError) as failure:
+        backend().check()
+    assert failure.value.exit_code == EXIT_BACKEND
+    assert "vboxapi" in failure.value.message
+    assert failure.value.hint is not None and "vboxmanage" in failure.value.hint
+
+
+def test_pyvbox_not_installed_is_backend_unavailable_with_install_hint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "virtualbox", None)  # makes `import virtualbox` fail
+    with pytest.raises(LabctlError) as failure:
+        backend().check()
+    assert failure.value.exit_code == EXIT_BACKEND
+    assert failure.value.hint is not None and "labctl[virtualbox]" in failure.value.hint
+
+
+def test_failed_clone_progress_is_an_error_and_leaves_no_target(world: World) -> None:
+    # pyvbox's wait_for_completion() does not raise: only result_code tells.
+    world.fail["clonevm"] = "VERR_DISK_FULL"
+    with pytest.raises(LabctlError) as failure:
+        backend().clone("prod", "standby")
+    assert failure.value.exit_code == EXIT_FAILED
+    assert "VERR_DISK_FULL" in failure.value.message
+    assert set(world.machines) == {"prod"}
+
+
+def test_failed_start_progress_is_an_error(world: World) -> None:
+    world.fail["startvm"] = "VT-x is not available (VERR_VMX_NO_VMX)"
+    with pytest.raises(LabctlError) as failure:
+        backend().start("prod")
+    assert "VERR_VMX_NO_VMX" in failure.value.message
+    assert world.find("prod").state == "poweroff"
+
+
+def test_clone_failing_after_registration_is_removed(world: World) -> None:
+    world.fail["setextradata"] = "settings file is read-only"
+    with pytest.raises(LabctlError) as failure:
+        backend().clone("prod", "standby")
+    assert "read-only" in failure.value.message
+    assert set(world.machines) == {"prod"}
+
+
+def test_linked_clone_takes_the_base_snapshot_once(world: World) -> None:
+    hv = backend()
+    hv.clone("prod", "standby", linked=True)
+    hv.clone("prod", "standby2", linked=True)
+    assert world.find("prod").snapshots == ["labctl-base"]
+    assert hv.inspect("standby2").state is MachineState.STOPPED
+
+
+def test_graceful_stop_returns_before_the_guest_is_down(world: World) -> None:
+    hv = backend()
+    hv.start("prod")
+    hv.stop("prod")
+    assert hv.inspect("prod").state is MachineState.RUNNING
+    assert hv.inspect("prod").state is MachineState.STOPPED
+
+
+def test_exec_with_a_wrong_password_fails_without_showing_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(GUEST_PASSWORD_ENV, "wrong-secret")
+    hv = backend()
+    hv.start("prod")
+    with pytest.raises(LabctlError) as failure:
+        hv.exec_in_guest("prod", ["/bin/true"])
+    assert failure.value.exit_code == EXIT_FAILED
+    assert "wrong-secret" not in failure.value.message
+
+
+def test_destroy_refuses_a_machine_of_another_lab(world: World) -> None:
+    world.create("other", extradata={"labctl/lab": "another-lab"})
+    with pytest.raises(LabctlError) as failure:
+        backend().destroy("other")
+    assert "another-lab" in failure.value.message
+    assert "other" in world.machines
