@@ -66,18 +66,20 @@ JSON shape (``labctl failover --json``), stable; keys are never removed, only ad
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import logging
 import statistics
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from labctl import keepalived as ka
-from labctl.errors import EXIT_CHECKS, EXIT_OK, LabctlError, OperationFailed
+from labctl.errors import EXIT_CHECKS, EXIT_OK, GuestUnreachable, LabctlError, OperationFailed
 from labctl.hypervisor import Hypervisor, VrrpPartitioner
 from labctl.ops.verify import UNREACHABLE_ERRORS
 from labctl.profile import Node, PairSpec, Profile
@@ -85,9 +87,9 @@ from labctl.remote import Remote
 
 log = logging.getLogger(__name__)
 
-POLL_INTERVAL = 0.02
-MAX_INFLIGHT = 3
-STALE_AFTER = 0.25
+POLL_INTERVAL = 0.025
+MAX_INFLIGHT = 2
+STALE_AFTER = 0.5
 PROBE_TIMEOUT = 30.0  # long: a probe abandoned early leaks an SSH session on a thawed node
 TICK = 0.005
 SETTLE_DEADLINE = 30.0
@@ -419,9 +421,9 @@ class Poller:
 
     An SSH exec round trip (~40-50 ms to a guest's sshd) is longer than the interval, so up to
     ``max_inflight`` probes per node overlap; each sample is stamped with the middle of its
-    round trip. A probe that took longer than ``stale_after`` says nothing about a moment (it
-    may have spanned a freeze) and is dropped; a node with a probe outstanding that long is
-    sampled as unreachable.
+    round trip. An answer that took longer than ``stale_after`` is stamped with its end instead:
+    it may have waited out a freeze, and what it shows is the state after it. A node that has
+    not answered for ``stale_after`` while a probe is outstanding is sampled as unreachable.
     """
 
     probes: Mapping[str, Callable[[], bool]]
@@ -458,10 +460,9 @@ class Poller:
             for item in [i for i in ch.inflight if i[1].done()]:
                 ch.inflight.remove(item)
                 start, end, holds, error = item[1].result()
-                if holds is not None and end - start > self.stale_after:
-                    continue
+                slow = end - start > self.stale_after
                 ch.last_answer = max(ch.last_answer, end)
-                self._add(Sample((start + end) / 2, ch.name, holds, error))
+                self._add(Sample(end if slow else (start + end) / 2, ch.name, holds, error))
             oldest = min((started for started, _ in ch.inflight), default=now)
             if (
                 now - oldest >= self.stale_after
@@ -608,16 +609,18 @@ class Drill:
         profile: the lab profile.
         pair_name: the pair to break.
         fault: what to break.
-        remotes: open connections to both nodes, by machine name.
+        remotes: open connections to both nodes, by machine name. A connection that is lost
+            during the drill is replaced in this mapping (the caller closes what it holds).
         hypervisor: the lab's backend (needed for freeze and link; used for partition).
         clock: monotonic seconds; sleep: waits that many seconds (both injectable).
         executor: runs probes and fault commands; a thread pool by default.
+        reconnect: opens a new connection to a node by name, used when one is lost.
     """
 
     profile: Profile
     pair_name: str
     fault: Fault
-    remotes: Mapping[str, Remote]
+    remotes: MutableMapping[str, Remote]
     hypervisor: Hypervisor | None = None
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
@@ -630,6 +633,7 @@ class Drill:
     failback_deadline: float = FAILBACK_DEADLINE
     tick: float = TICK
     progress: Callable[[str], None] | None = None
+    reconnect: Callable[[str], Remote] | None = None
 
     def _say(self, message: str) -> None:
         if self.progress is not None:
@@ -638,6 +642,8 @@ class Drill:
     def __post_init__(self) -> None:
         self.pair = self.profile.pair(self.pair_name)
         self.nodes: dict[str, Node] = {n.name: n for n in self.profile.nodes(self.pair_name)}
+        self._lock = threading.Lock()
+        self._reconnected: dict[str, float] = {}
         self.injector = FaultInjector(
             self.profile, self.pair_name, self.fault, self.remotes, self.hypervisor
         )
@@ -652,16 +658,43 @@ class Drill:
         vips = self.pair.vip
         timeout = self.probe_timeout
 
-        def probe_for(remote: Remote) -> Callable[[], bool]:
-            return lambda: probe_holds(remote, vips, timeout)
+        def probe_for(name: str) -> Callable[[], bool]:
+            def probe() -> bool:
+                remote = self.remotes[name]
+                try:
+                    return probe_holds(remote, vips, timeout)
+                except GuestUnreachable:
+                    self._reconnect(name, remote)
+                    raise
+
+            return probe
 
         return Poller(
-            {name: probe_for(self.remotes[name]) for name in self.nodes},
+            {name: probe_for(name) for name in self.nodes},
             self.clock,
             executor,
             interval=self.poll_interval,
             stale_after=self.stale_after,
         )
+
+    def _reconnect(self, name: str, broken: Remote) -> None:
+        """Replace a connection that was lost (not one that is merely slow: that times out)."""
+        if self.reconnect is None:
+            return
+        with self._lock:
+            now = self.clock()
+            if self.remotes[name] is not broken or now - self._reconnected.get(name, -1e9) < 1:
+                return
+            self._reconnected[name] = now
+        try:
+            fresh = self.reconnect(name)
+        except UNREACHABLE_ERRORS:
+            return
+        with self._lock:
+            self.remotes[name] = fresh
+        self._say(f"{name}: SSH connection lost; reconnected")
+        with contextlib.suppress(*UNREACHABLE_ERRORS):
+            broken.close()
 
     def _wait(self, poller: Poller, done: Callable[[], bool], seconds: float) -> bool:
         """Poll until done() or the deadline; True when done."""

@@ -40,7 +40,6 @@ def drill(pair: LabPair, capsys: Capsys, fault: str) -> dict[str, Any]:
     assert trial["takeover"] is not None
     assert 0 < trial["takeover"] < trial["recovered_at"]
     assert trial["settled_on"] == pair.primary.name and trial["failback"] is not None
-    assert trial["resolution"] <= 0.1  # the standby was sampled all along
     events = trial["events"]
     standby_holds = [e["t"] for e in events if e["node"] == pair.standby.name and e["holds"]]
     assert standby_holds and standby_holds[0] == trial["takeover"]

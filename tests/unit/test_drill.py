@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from labctl.errors import OperationFailed
+from labctl.errors import GuestUnreachable, OperationFailed
 from labctl.ops import drill as drill_op
 from labctl.ops.drill import Fault, Sample, analyse, theory
 from labctl.profile import Profile
 from labctl.profile_load import parse
+from labctl.remote import Remote, Result
 from tests.unit.checks_fakes import (
     FakeClock,
     FakeHypervisor,
@@ -93,7 +94,7 @@ class World:
         self.clock.sleep(seconds)
         self.update()
 
-    def remotes(self) -> dict[str, FakeRemote]:
+    def remotes(self) -> dict[str, Remote]:
         return {m.name: FakeRemote(m) for m in (self.primary, self.standby)}
 
     def on_command(self, cmd: tuple[str, ...]) -> None:
@@ -428,7 +429,7 @@ def test_json_shape(profile: Profile) -> None:
     assert "s3cret" not in json.dumps(document)
 
 
-def test_poller_overlaps_probes_and_drops_one_that_spanned_a_freeze() -> None:
+def test_poller_overlaps_probes_and_stamps_one_that_spanned_a_freeze_at_its_end() -> None:
     from concurrent.futures import Future
 
     clock = FakeClock()
@@ -450,10 +451,46 @@ def test_poller_overlaps_probes_and_drops_one_that_spanned_a_freeze() -> None:
     first, started = pending.pop(0)
     first.set_result((started, started + 0.04, True, None))  # a normal 40 ms round trip
     clock.sleep(1.0)
+    poller.tick()  # the silence is sampled: unreachable
     late, started = pending.pop(0)
     late.set_result((started, clock(), True, None))  # answered only after a second
     poller.tick()
-    samples = [(s.holds, s.error is None) for s in poller.samples]
-    assert samples[0] == (True, True)
-    assert (True, True) not in samples[1:]  # the late answer is not a point in time
-    assert any(h is None for h, _ in samples[1:])  # the silence is: unreachable
+    samples = [(round(s.t - 1000, 3), s.holds) for s in poller.samples]
+    assert samples[0] == (0.02, True)  # middle of a normal round trip
+    assert samples[1][1] is None and samples[1][0] > 0.5
+    assert samples[2] == (round(clock() - 1000, 3), True)  # what it saw is after the freeze
+
+
+class LostConnection(FakeRemote):
+    """A connection whose transport died: every command fails at once."""
+
+    def run(self, argv: object, **kwargs: object) -> Result:
+        raise GuestUnreachable(f"{self.name}: the SSH connection is closed")
+
+
+def test_a_lost_connection_is_reopened_and_the_drill_goes_on(profile: Profile) -> None:
+    world = World(FakeClock(), takeover=HARD)
+    remotes = world.remotes()
+    broken = LostConnection(world.standby)
+    remotes["prod-back-standby"] = broken
+    opened: list[str] = []
+
+    def reconnect(name: str) -> FakeRemote:
+        opened.append(name)
+        return FakeRemote(world.standby)
+
+    d = drill_op.Drill(
+        profile,
+        "back",
+        Fault.CRASH,
+        remotes,
+        world.hypervisor,
+        clock=world.clock,
+        sleep=world.sleep,
+        executor=SyncExecutor(),
+        reconnect=reconnect,
+    )
+    report = d.run(1)
+    assert report.ok, report.all_problems()
+    assert opened == ["prod-back-standby"]
+    assert remotes["prod-back-standby"] is not broken and broken.closed
