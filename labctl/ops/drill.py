@@ -6,7 +6,7 @@ peer's master-down timer starts at injection and measured compares with theory),
 poll both nodes' addresses over their already-open connections (a probe is started on each
 node every ``poll_interval`` seconds, at most one in flight per node, each sample stamped with
 the middle of its round trip), wait for the other node to take the VIP, recover the fault and
-wait for the pair to settle again (back on the original holder when the pair preempts).
+wait for the pair to settle again (back on the primary when the pair preempts).
 
 Faults (``fault`` on the current holder):
 
@@ -779,7 +779,8 @@ class Drill:
         recovered_at = recover_start - t0
         failback: float | None = None
         settled_on: str | None = None
-        want = faulted if self.pair.preempt else None
+        # with preempt the pair settles on its highest priority node, the primary
+        want = self.profile.nodes(self.pair_name)[0].name if self.pair.preempt else None
         since = [None]
         if self._wait(poller, lambda: self._settled(poller, want, since), self.failback_deadline):
             assert since[0] is not None
