@@ -23,10 +23,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import select
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +35,16 @@ from labctl import paths
 from labctl.errors import BackendUnavailable, OperationFailed
 from labctl.hypervisor import ExecResult, Machine, MachineState
 from labctl.hypervisor import nspawn_net as net
+from labctl.hypervisor.nspawn_copy import copy_tree, flatten
 from labctl.hypervisor.nspawn_image import Image
+from labctl.hypervisor.nspawn_proc import (
+    KILL_WAIT,
+    await_ready,
+    children,
+    ensure_inotify_instances,
+    proc_stat,
+    wait_gone,
+)
 from labctl.profile import Profile
 from labctl.state import Kind, LabState, MachineRecord, MachineRole, StateStore
 
@@ -51,7 +60,6 @@ TOOLS = {
 }
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FREEZER_ROOT = Path("/sys/fs/cgroup/freezer")
-KILL_WAIT = 15.0
 Paths = list[str]  # spelled out here because the class defines a method named ``list``
 _Pids = list[int]
 
@@ -127,7 +135,7 @@ class NspawnHypervisor:
             pid = int(pid_text)
         except (OSError, ValueError):
             return None
-        stat = _proc_stat(pid)
+        stat = proc_stat(pid)
         if stat is None or stat[0] == "Z" or stat[1] != start_text.strip():
             return None
         return pid
@@ -139,8 +147,7 @@ class NspawnHypervisor:
             return None
         try:
             own_ns = os.readlink(f"/proc/{pid}/ns/pid")
-            children = _children(pid)
-            for child in children:
+            for child in children(pid):
                 if os.readlink(f"/proc/{child}/ns/pid") != own_ns:
                     return child
         except OSError:
@@ -163,12 +170,33 @@ class NspawnHypervisor:
                         pids.append(int(entry))
         return pids
 
+    def _init_handles_shutdown(self, name: str) -> bool:
+        """Whether the guest's init takes SIGRTMIN+3 (nspawn's shutdown request) yet.
+
+        The kernel drops signals a namespace's init neither catches nor blocks; systemd
+        blocks them and reads them from a signalfd, so either mask counts.
+        """
+        init = self.init_pid(name)
+        if init is None:
+            return False
+        try:
+            status = Path(f"/proc/{init}/status").read_text()
+        except OSError:
+            return False
+        bit = 1 << (signal.SIGRTMIN + 3 - 1)
+        masks = [
+            int(line.split()[1], 16)
+            for line in status.splitlines()
+            if line.startswith(("SigCgt:", "SigBlk:"))
+        ]
+        return any(mask & bit for mask in masks)
+
     def _is_paused(self, name: str) -> bool:
         freezer = self._freezer(name)
         if freezer is not None and (freezer / "freezer.state").exists():
             return (freezer / "freezer.state").read_text().strip() != "THAWED"
         init = self.init_pid(name)
-        stat = _proc_stat(init) if init else None
+        stat = proc_stat(init) if init else None
         return stat is not None and stat[0] == "T"
 
     # -- Hypervisor protocol --------------------------------------------------------------
@@ -265,6 +293,7 @@ class NspawnHypervisor:
         rec = self._require(name)
         if self.nspawn_pid(name) is not None:
             return
+        ensure_inotify_instances()
         net.ensure_bridge(self.settings.bridge, self.settings.gateway, self.settings.subnet)
         net.ensure_table(self.table)
         if rec.link_up:
@@ -294,14 +323,31 @@ class NspawnHypervisor:
         inner = f"set -e\n{self._mount_cmd(rec)}exec {nspawn}"
         launcher = f"{join}exec unshare -m --propagation private sh -c {shlex.quote(inner)}"
         log = self.console_log(name)
-        out = net.run(
-            ["sh", "-c", 'setsid sh -c "$0" </dev/null >"$1" 2>&1 & echo $!', launcher, str(log)]
-        )
-        pid = int(out.strip())
-        stat = _proc_stat(pid)
-        if stat is None:
-            raise OperationFailed(f"{name}: systemd-nspawn exited at once; see {log}")
-        (self.machine_dir(name) / "nspawn.pid").write_text(f"{pid} {stat[1]}\n")
+        # nspawn reports READY=1 on $NOTIFY_SOCKET once the guest's init runs (its veth is
+        # up by then): start() returns at that event, like VBoxManage startvm, so that
+        # exec_in_guest and set_link work at once.
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        address = f"labctl-{self.unit(name)}-{os.getpid()}"
+        notify.bind(f"\0{address}")
+        with notify:
+            out = net.run(
+                [
+                    "sh",
+                    "-c",
+                    'setsid sh -c "$0" </dev/null >"$1" 2>&1 & echo $!',
+                    launcher,
+                    str(log),
+                ],
+                env={**os.environ, "NOTIFY_SOCKET": f"@{address}"},
+            )
+            pid = int(out.strip())
+            stat = proc_stat(pid)
+            if stat is None:
+                raise OperationFailed(f"{name}: systemd-nspawn exited at once; see {log}")
+            (self.machine_dir(name) / "nspawn.pid").write_text(f"{pid} {stat[1]}\n")
+            await_ready(notify, pid, name, log)
+        if not rec.link_up:
+            net.set_port(self.port(name), False)
 
     def stop(self, name: str, *, hard: bool = False) -> None:
         """Graceful: ask systemd in the guest to power off (returns at once). Hard: kill every
@@ -311,18 +357,21 @@ class NspawnHypervisor:
         if pid is None:
             self._cleanup_runtime(name)
             return
-        if not hard:
+        if not hard and self._init_handles_shutdown(name):
             self._thaw(name)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             return
+        # A graceful stop in the first instants of boot, before the guest's init handles the
+        # shutdown signal, would be dropped by the kernel; nothing runs yet that a shutdown
+        # would stop and every write already went to the host's page cache, so pull the plug.
         victims = [*self._guest_pids(name), pid]
         for victim in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGKILL)
         self._thaw(name)  # frozen tasks only die once thawed
         for victim in victims:
-            _wait_gone(victim, KILL_WAIT)
+            wait_gone(victim, KILL_WAIT)
         self._cleanup_runtime(name)
 
     def pause(self, name: str) -> None:
@@ -483,25 +532,12 @@ class NspawnHypervisor:
     def _snapshot(self, src: MachineRecord, dest: Path) -> Paths:
         """Copy the source's own layer to ``dest``; return the clone's lower layers."""
         layers = self._layers(src)
-        _copy_tree(Path(layers[0]), dest)
+        copy_tree(Path(layers[0]), dest)
         return [str(dest), *layers[1:]]
 
     def _flatten(self, src: MachineRecord, dest: Path) -> None:
-        """Copy the source's merged tree to ``dest`` (a read-only overlay view for overlays)."""
-        layers = self._layers(src)
-        if len(layers) == 1:
-            _copy_tree(Path(layers[0]), dest)
-            return
-        view = dest.parent / "view"
-        view.mkdir()
-        opts = f"ro,lowerdir={':'.join(layers)}"
-        script = (
-            f"set -e\nmount -t overlay overlay -o {shlex.quote(opts)} {shlex.quote(str(view))}\n"
-            f"cp -a --reflink=auto {shlex.quote(str(view))}/. {shlex.quote(str(dest))}/"
-        )
-        dest.mkdir()
-        net.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script])
-        view.rmdir()
+        """Copy the source's merged tree to ``dest`` as a plain tree."""
+        flatten(self._layers(src), dest)
 
     def _thaw(self, name: str) -> None:
         freezer = self._freezer(name)
@@ -519,41 +555,3 @@ class NspawnHypervisor:
         if freezer is not None:
             with contextlib.suppress(OSError):
                 freezer.rmdir()
-
-
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state letter, start time) of a process, or None when it does not exist."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], fields[19]
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            out.extend(int(x) for x in (task / "children").read_text().split())
-    return out
-
-
-def _wait_gone(pid: int, timeout: float) -> None:
-    """Block (in the kernel, via pidfd) until pid has exited."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        if not poller.poll(timeout * 1000):
-            raise OperationFailed(f"process {pid} did not exit after SIGKILL")
-    finally:
-        os.close(fd)
-
-
-def _copy_tree(src: Path, dest: Path) -> None:
-    """``cp -a --reflink=auto`` (reflinks on btrfs/xfs, a plain copy elsewhere)."""
-    net.run(["cp", "-a", "--reflink=auto", "--", str(src), str(dest)])

@@ -18,12 +18,14 @@ import re
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from labctl import paths
 from labctl.errors import OperationFailed
+from labctl.state import atomic_write
 
 Progress = Callable[[str], None]
 
@@ -31,7 +33,7 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "iproute2", "sudo")
 CACHED_PACKAGES = ("keepalived",)
 # Bump when the configuration script below changes in a way that matters to guests.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 
 _CONFIGURE = r"""
 set -eu
@@ -122,15 +124,19 @@ def recipe_hash(suite: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def image_for(suite: str) -> Image:
-    """Where the image for ``suite`` with the current recipe lives (built or not)."""
-    return Image(suite, paths.images_dir() / f"{suite}-{recipe_hash(suite)}")
+def family(suite: str) -> Path:
+    """The directory holding every build of ``suite`` with the current recipe."""
+    return paths.images_dir() / f"{suite}-{recipe_hash(suite)}"
 
 
 def find_image(suite: str) -> Image | None:
-    """The built image for ``suite`` and the current recipe, or None."""
-    image = image_for(suite)
-    return image if (image.path / "recipe.json").is_file() else None
+    """The current build for ``suite`` and the current recipe, or None."""
+    try:
+        build = (family(suite) / "current").read_text().strip()
+    except OSError:
+        return None
+    image = Image(suite, family(suite) / build)
+    return image if build and (image.path / "recipe.json").is_file() else None
 
 
 @contextlib.contextmanager
@@ -152,7 +158,8 @@ def ensure_image(
 
     Args:
         suite: Debian suite to bootstrap.
-        rebuild: build even if an image with the current recipe exists, then replace it.
+        rebuild: build even if an image with the current recipe exists; the new build becomes
+            current, the earlier one stays for the machines made from it.
         progress: receives one line per build step (debootstrap's own lines included).
 
     Raises:
@@ -164,21 +171,25 @@ def ensure_image(
         existing = find_image(suite)
         if existing is not None and not rebuild:
             return ImageBuild(existing, False, time.monotonic() - started)
-        image = image_for(suite)
-        staging = image.path.with_name(f".{image.path.name}.building-{os.getpid()}")
+        home = family(suite)
+        home.mkdir(parents=True, exist_ok=True)
+        staging = home / f".building-{os.getpid()}"
         _remove_tree(staging)
         try:
             _build_into(staging, suite, say)
-            if image.path.exists():
-                old = image.path.with_name(f".{image.path.name}.old-{os.getpid()}")
-                image.path.rename(old)
-                staging.rename(image.path)
-                _remove_tree(old)
-            else:
-                staging.rename(image.path)
+            build = f"build-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            image = Image(suite, home / build)
+            staging.rename(image.path)
+            # machines made from an earlier build keep using it: builds are never replaced
+            # in place, only the pointer to the current one moves
+            atomic_write(home / "current", f"{image.path.name}\n")
         except BaseException:
             _remove_tree(staging)
+            with contextlib.suppress(OSError):
+                home.rmdir()  # only when empty: no earlier build
             raise
+        if existing is not None:
+            say(f"image: earlier build kept for the machines made from it: {existing.path}")
     say(f"image: ready at {image.path}")
     return ImageBuild(image, True, time.monotonic() - started)
 

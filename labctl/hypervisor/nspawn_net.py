@@ -13,16 +13,28 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from labctl.errors import OperationFailed
 
 
-def run(argv: Sequence[str], *, input: str | None = None, check: bool = True) -> str:
+def run(
+    argv: Sequence[str],
+    *,
+    input: str | None = None,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+) -> str:
     """Run a host tool; a failure raises OperationFailed with its stderr."""
     try:
         proc = subprocess.run(
-            list(argv), input=input, capture_output=True, text=True, check=False, timeout=60
+            list(argv),
+            input=input,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+            env=env,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise OperationFailed(f"{argv[0]} failed: {exc}") from exc

@@ -80,10 +80,11 @@ def clone(
     *,
     linked: bool = False,
     force: bool = False,
-    probe: Probe = ssh_banner,
+    probe: Probe | None = None,
     sleep: Sleep = time.sleep,
 ) -> CloneResult:
     """Create the standby of ``production``'s pair and boot it with its own identity."""
+    probe = probe or ssh_banner  # looked up late so tests can replace it
     pair_name = pair_of(profile, production)
     pair = profile.pairs[pair_name]
     standby, address = pair.standby, pair.standby_address
@@ -143,6 +144,7 @@ def clone(
             connect_timeout=profile.timeouts.connect,
             probe=probe,
             sleep=sleep,
+            alive=lambda: hv.inspect(standby).state is MachineState.RUNNING,
         )
     except BaseException:
         hv.destroy(standby)

@@ -222,11 +222,29 @@ def wait_for_ssh(
     port: int,
     deadline: float,
     connect_timeout: float = 2.0,
-    probe: Probe = ssh_banner,
+    probe: Probe | None = None,
     sleep: Sleep = time.sleep,
+    alive: Callable[[], bool] | None = None,
 ) -> str:
-    """Wait until ``address`` answers with an SSH banner; GuestUnreachable after ``deadline``."""
+    """Wait until ``address`` answers with an SSH banner; GuestUnreachable after ``deadline``.
+
+    ``alive`` (when given) is asked after each failed attempt; a machine that is no longer
+    running fails at once instead of at the deadline.
+    """
+    probe = probe or ssh_banner  # looked up late so tests can replace it
     ip = str(host_ip(address))
+
+    def attempt_probe() -> str:
+        try:
+            return probe(ip, port, min(connect_timeout, deadline))
+        except OSError:
+            if alive is not None and not alive():
+                raise GuestUnreachable(
+                    f"{name} stopped while booting (it never answered SSH on {ip}:{port})",
+                    hint="its console log (nspawn: console.log in its machine directory) says why",
+                ) from None
+            raise
+
     retrying = Retrying(
         retry=retry_if_exception_type(OSError),
         stop=stop_before_delay(deadline),
@@ -238,7 +256,7 @@ def wait_for_ssh(
     try:
         for attempt in retrying:
             with attempt:
-                return probe(ip, port, min(connect_timeout, deadline))
+                return attempt_probe()
     except RetryError as exc:
         last = exc.last_attempt.exception()
         raise GuestUnreachable(
@@ -299,10 +317,11 @@ def up(
     machines: Sequence[str] = (),
     *,
     progress: Progress | None = None,
-    probe: Probe = ssh_banner,
+    probe: Probe | None = None,
     sleep: Sleep = time.sleep,
 ) -> UpResult:
     """Create missing production machines, start them, and wait until SSH answers."""
+    probe = probe or ssh_banner  # looked up late so tests can replace it
     say = progress or (lambda _line: None)
     roles = _role_of(profile)
     names = list(machines) or list(profile.machines)
@@ -357,9 +376,14 @@ def up(
             connect_timeout=profile.timeouts.connect,
             probe=probe,
             sleep=sleep,
+            alive=_running(hv, name),
         )
         say(f"{name}: SSH answers")
     return UpResult(created, started, [s for s in status(profile, hv) if s.machine in names])
+
+
+def _running(hv: Hypervisor, name: str) -> Callable[[], bool]:
+    return lambda: hv.inspect(name).state is MachineState.RUNNING
 
 
 def down(

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 # Each import registers its backends in CONTRACT_BACKENDS (order = order of the test ids).
-from tests.contract import backends_vbox  # noqa: F401
+from tests.contract import backends_nspawn, backends_vbox  # noqa: F401
 from tests.contract.harness import CONTRACT_BACKENDS, ContractBackend, ContractEnv
+from tests.lab.conftest import lab_env  # noqa: F401  (session lab for the nspawn backend)
 
 
 @pytest.fixture(params=list(CONTRACT_BACKENDS))

@@ -40,6 +40,13 @@ linked=True) -> Lab``
 ``fresh_pair`` (function) -> :class:`LabPair`
     A booted pair of its own, for tests that break things; destroyed afterwards.
 
+For module- or session-scoped machines of your own, call the plain functions
+``write_profile(lab_env, directory, pairs, ...)`` and ``bring_up(profile, ...)`` and
+``labctl.ops.lab.destroy(profile, NspawnHypervisor(profile))`` when done (see
+tests/lab/test_nspawn_faults.py's ``fault_pair``); every profile written through
+``write_profile`` is also swept at the end of the session. tests/contract reaches
+``lab_env`` the same way (tests/contract/backends_nspawn.py).
+
 :class:`Lab` gives ``profile``, ``hv`` (the NspawnHypervisor), ``key`` (lab SSH private
 key), ``known_hosts`` (trusted host keys, bare IPs), ``ip(name)``, ``exec(name, argv)``
 (side channel, no network), ``ssh(name, command)`` (OpenSSH client with the lab key and
