@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import ipaddress
 import re
 import shlex
@@ -121,7 +122,7 @@ class MachineFacts:
     addresses: tuple[ka.IfAddr, ...]
     links: dict[str, str]  # interface -> MAC
     service: str | None
-    conf: str | None  # installed keepalived.conf (holds the password: never shown)
+    conf: str | None = field(repr=False)  # installed keepalived.conf: holds the password
     stats: dict[str, tuple[str, str]]  # path -> (owner, octal mode)
 
 
@@ -177,7 +178,7 @@ class ConfFacts:
     advert_int: str | None
     version: str
     auth_type: str | None
-    auth_pass: str | None
+    auth_pass: str | None  # a digest of it: the password itself is never kept
     vips: tuple[str, ...]
 
     def differences(self, other: ConfFacts) -> list[str]:
@@ -191,6 +192,10 @@ class ConfFacts:
 def _word(text: str, key: str) -> str | None:
     m = re.search(rf"^\s*{key}\s+(\S+)", text, re.MULTILINE)
     return m[1] if m else None
+
+
+def _digest(secret: str | None) -> str | None:
+    return None if secret is None else hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
 def conf_facts(text: str) -> ConfFacts:
@@ -207,7 +212,7 @@ def conf_facts(text: str) -> ConfFacts:
         advert_int=_word(body, "advert_int"),
         version=_word(body, "version") or "2",
         auth_type=_word(body, "auth_type"),
-        auth_pass=_word(body, "auth_pass"),
+        auth_pass=_digest(_word(body, "auth_pass")),
         vips=tuple(sorted(vips)),
     )
 

@@ -329,3 +329,11 @@ def test_parse_listener_and_neighbour_output() -> None:
     )
     assert doctor_op.parse_neigh("10.249.90.77 INCOMPLETE \n") is None
     assert doctor_op.parse_neigh("10.249.90.77 lladdr 66:05:bc:99:52:3b FAILED\n") is None
+
+
+def test_the_password_is_not_kept_in_what_doctor_reads(profile: Profile, lab: Lab) -> None:
+    conf = lab.primary.files[ka.CONF_PATH].decode()
+    facts = doctor_op.conf_facts(conf)
+    assert "s3cret!" in conf and "s3cret!" not in repr(facts)
+    machine = doctor_op.parse_facts("prod-back", "@@end\n", conf)
+    assert "s3cret!" not in repr(machine)
