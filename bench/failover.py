@@ -70,7 +70,7 @@ def main() -> None:
         pair = next(iter(prof.pairs))
         for fault in faults:
             print(f"{fault}: {args.trials} trials ...", file=sys.stderr)
-            results[fault] = drill(str(prof.path), pair, fault, args.trials)
+            results[fault.value] = drill(str(prof.path), pair, fault.value, args.trials)
 
     print(f"\nfailover drills, {args.trials} trials per fault, seconds after injection")
     head = (

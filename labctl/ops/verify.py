@@ -527,6 +527,17 @@ def _close_quietly(remote: Remote) -> None:
         log.debug("closing %s failed", remote.name, exc_info=True)
 
 
+def _log_waiting(state: tenacity.RetryCallState) -> None:
+    """What --wait is waiting for, in one line (the report itself is for the CLI)."""
+    reports = state.outcome.result() if state.outcome and not state.outcome.failed else ()
+    pending = ", ".join(f"{r.pair} {r.verdict}" for r in reports if not r.ok)
+    log.info(
+        "verify: waiting for %s to converge; next check in %.1f s",
+        pending or "the pairs",
+        state.upcoming_sleep,
+    )
+
+
 def verify(
     profile: Profile,
     pairs: Sequence[str],
@@ -567,7 +578,7 @@ def verify(
                 wait=tenacity.wait_fixed(interval),
                 retry=tenacity.retry_if_result(lambda rs: not all(r.ok for r in rs)),
                 retry_error_callback=lambda state: state.outcome.result() if state.outcome else (),
-                before_sleep=tenacity.before_sleep_log(log, logging.INFO),
+                before_sleep=_log_waiting,
                 sleep=sleep,
                 reraise=True,
             )
