@@ -89,6 +89,7 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.025
 MAX_INFLIGHT = 2
+RECONNECT_AFTER = 3  # consecutive immediate failures before a connection counts as lost
 STALE_AFTER = 0.5
 PROBE_TIMEOUT = 30.0  # long: a probe abandoned early leaks an SSH session on a thawed node
 TICK = 0.005
@@ -644,6 +645,9 @@ class Drill:
         self.nodes: dict[str, Node] = {n.name: n for n in self.profile.nodes(self.pair_name)}
         self._lock = threading.Lock()
         self._reconnected: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self._retired: list[Remote] = []
+        self._finished = False
         self.injector = FaultInjector(
             self.profile, self.pair_name, self.fault, self.remotes, self.hypervisor
         )
@@ -662,10 +666,12 @@ class Drill:
             def probe() -> bool:
                 remote = self.remotes[name]
                 try:
-                    return probe_holds(remote, vips, timeout)
+                    holds = probe_holds(remote, vips, timeout)
                 except GuestUnreachable:
                     self._reconnect(name, remote)
                     raise
+                self._failures[name] = 0
+                return holds
 
             return probe
 
@@ -677,13 +683,40 @@ class Drill:
             stale_after=self.stale_after,
         )
 
+    def _recover(self, faulted: str, peer: str) -> None:
+        """Undo the fault; a connection lost meanwhile is reopened and recovery tried again,
+        because a fault left in place (keepalived stopped, a check failing) outlives the drill.
+        """
+        try:
+            self.injector.recover(faulted, peer)
+        except GuestUnreachable:
+            if self.reconnect is None:
+                raise
+            for name in (faulted, peer):
+                fresh = self.reconnect(name)
+                with self._lock:
+                    self._retired.append(self.remotes[name])
+                    self.remotes[name] = fresh
+            self._say(f"{faulted}: connection lost while recovering; reconnected, trying again")
+            self.injector.recover(faulted, peer)
+
     def _reconnect(self, name: str, broken: Remote) -> None:
-        """Replace a connection that was lost (not one that is merely slow: that times out)."""
+        """Replace a connection that is lost: it failed at once several times in a row.
+
+        A slow or frozen node times out instead and is left alone. The old connection is not
+        closed here (a fault command may still be using it); run() closes it at the end.
+        """
         if self.reconnect is None:
             return
         with self._lock:
+            self._failures[name] = self._failures.get(name, 0) + 1
             now = self.clock()
-            if self.remotes[name] is not broken or now - self._reconnected.get(name, -1e9) < 1:
+            if (
+                self._finished
+                or self._failures[name] < RECONNECT_AFTER
+                or self.remotes[name] is not broken
+                or now - self._reconnected.get(name, -1e9) < 1
+            ):
                 return
             self._reconnected[name] = now
         try:
@@ -692,9 +725,9 @@ class Drill:
             return
         with self._lock:
             self.remotes[name] = fresh
+            self._retired.append(broken)
+            self._failures[name] = 0
         self._say(f"{name}: SSH connection lost; reconnected")
-        with contextlib.suppress(*UNREACHABLE_ERRORS):
-            broken.close()
 
     def _wait(self, poller: Poller, done: Callable[[], bool], seconds: float) -> bool:
         """Poll until done() or the deadline; True when done."""
@@ -773,7 +806,7 @@ class Drill:
         finally:
             recover_start = self.clock()
             try:
-                self._await(executor.submit(self.injector.recover, faulted, peer), poller)
+                self._await(executor.submit(self._recover, faulted, peer), poller)
             except LabctlError as exc:
                 problems.append(f"recovering from the fault failed: {exc.message}")
         recovered_at = recover_start - t0
@@ -835,8 +868,12 @@ class Drill:
                     break
             holders, reachable = self._final(executor)
         finally:
+            self._finished = True
             if own:
                 executor.shutdown(wait=False, cancel_futures=True)
+            for remote in self._retired:
+                with contextlib.suppress(*UNREACHABLE_ERRORS):
+                    remote.close()
         return DrillReport(
             pair=self.pair_name,
             fault=self.fault,

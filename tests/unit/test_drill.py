@@ -94,6 +94,9 @@ class World:
         self.clock.sleep(seconds)
         self.update()
 
+    def machine(self, name: str) -> FakeMachine:
+        return self.primary if name == "prod-back" else self.standby
+
     def remotes(self) -> dict[str, Remote]:
         return {m.name: FakeRemote(m) for m in (self.primary, self.standby)}
 
@@ -494,3 +497,32 @@ def test_a_lost_connection_is_reopened_and_the_drill_goes_on(profile: Profile) -
     assert report.ok, report.all_problems()
     assert opened == ["prod-back-standby"]
     assert remotes["prod-back-standby"] is not broken and broken.closed
+
+
+class DiesBeforeRecovery(FakeRemote):
+    """The connection breaks just when the fault is to be undone."""
+
+    def run(self, argv: object, **kwargs: object) -> Result:
+        if tuple(argv) == ("systemctl", "start", "keepalived"):  # type: ignore[arg-type]
+            raise GuestUnreachable(f"{self.name}: the SSH connection is closed")
+        return super().run(argv, **kwargs)  # type: ignore[arg-type]
+
+
+def test_recovery_reconnects_rather_than_leave_the_fault_in_place(profile: Profile) -> None:
+    world = World(FakeClock(), takeover=HARD)
+    remotes = world.remotes()
+    remotes["prod-back"] = DiesBeforeRecovery(world.primary)
+    d = drill_op.Drill(
+        profile,
+        "back",
+        Fault.CRASH,
+        remotes,
+        world.hypervisor,
+        clock=world.clock,
+        sleep=world.sleep,
+        executor=SyncExecutor(),
+        reconnect=lambda name: FakeRemote(world.machine(name)),
+    )
+    report = d.run(1)
+    assert report.ok, report.all_problems()
+    assert ("systemctl", "start", "keepalived") in world.primary.commands
