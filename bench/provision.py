@@ -215,6 +215,12 @@ class Bench:
 
         with contextlib.suppress(Exception):
             lab_ops.destroy(self.profile, self.hv)
+        # destroy keeps a bridge that still had a port a moment ago: the bench made it, so
+        # it goes once empty
+        bridge = self.profile.lab.nspawn.bridge
+        ports = Path(f"/sys/class/net/{bridge}/brif")
+        if ports.is_dir() and not any(ports.iterdir()):
+            subprocess.run(["ip", "link", "del", "dev", bridge], capture_output=True)
 
     def exec(self, name: str, script: str, timeout: float = 300) -> str:
         result = self.hv.exec_in_guest(name, ["sh", "-c", script], timeout=timeout)
