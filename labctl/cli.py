@@ -7,7 +7,6 @@ place, ``main()``: LabctlError -> ``error: ...`` / ``hint: ...`` on stderr and i
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from labctl.errors import (
     LabctlError,
 )
 from labctl.hypervisor import Hypervisor
+from labctl.ops import connect as connect_ops
 from labctl.ops import doctor as doctor_op
 from labctl.ops import drill as drill_op
 from labctl.ops import verify as verify_op
@@ -443,14 +443,11 @@ VERIFY_CONNECT_DEADLINE = 3.0
 
 def _node_connector(prof: Profile, *, deadline: float) -> Callable[[Node], Remote]:
     """node -> open SSH connection (trusted host keys only), waiting at most ``deadline``."""
-    # the SSH layer (labctl.ops.connect) lands with the provision issue; looked up at call time
-    # so this section does not depend on its import order
-    conn: Any = importlib.import_module("labctl.ops.connect")
-    store = conn.host_key_store(prof)
+    store = connect_ops.host_key_store(prof)
 
     def open_node(node: Node) -> Remote:
-        endpoint = conn.endpoint_for(prof, node.name, node.address)
-        remote: Remote = conn.connect(
+        endpoint = connect_ops.endpoint_for(prof, node.name, node.address)
+        remote: Remote = connect_ops.connect(
             endpoint,
             host_keys=store,
             deadline=deadline,
