@@ -28,6 +28,32 @@ HOST_KEYS = {
 STRANGER_KEY = ("ssh-ed25519", base64.b64encode(b"somebody else entirely.........").decode())
 
 
+# One pair on the nspawn lab subnet, shared by the verify, drill and doctor unit tests.
+PAIR_PROFILE = """\
+[lab]
+name = "unit-lab"
+backend = "nspawn"
+
+[machines.prod-back]
+address = "10.249.90.10/24"
+
+[pairs.back]
+primary = "prod-back"
+standby = "prod-back-standby"
+standby_address = "10.249.90.20/24"
+interface = "host0"
+vrid = 51
+vip = ["10.249.90.100/24"]
+priority = { primary = 101, standby = 100 }
+advert_int = 1
+auth_pass = "s3cret!"
+"""
+# The same pair with the heartbeat health check (needs check_heartbeat.sh beside the profile).
+PAIR_PROFILE_WITH_CHECK = (
+    PAIR_PROFILE + '[pairs.back.check]\nscript = "check_heartbeat.sh"\ninterval = 2\nweight = 2\n'
+)
+
+
 class FakeClock:
     """Monotonic time that moves only when someone sleeps."""
 

@@ -15,29 +15,15 @@ from labctl.ops.doctor import DoctorReport, Status
 from labctl.profile import Node, Profile
 from labctl.profile_load import parse
 from labctl.remote import Remote
-from tests.unit.checks_fakes import FakeHypervisor, FakeMachine, FakeRemote, FakeVirtualBox
+from tests.unit.checks_fakes import (
+    PAIR_PROFILE_WITH_CHECK,
+    FakeHypervisor,
+    FakeMachine,
+    FakeRemote,
+    FakeVirtualBox,
+)
 
-PROFILE = """\
-[lab]
-name = "unit-lab"
-backend = "nspawn"
-
-[machines.prod-back]
-address = "10.249.90.10/24"
-
-[pairs.back]
-primary = "prod-back"
-standby = "prod-back-standby"
-standby_address = "10.249.90.20/24"
-interface = "host0"
-vrid = 51
-vip = ["10.249.90.100/24"]
-priority = { primary = 101, standby = 100 }
-advert_int = 1
-auth_pass = "s3cret!"
-[pairs.back.check]
-script = "check_heartbeat.sh"
-"""
+PROFILE = PAIR_PROFILE_WITH_CHECK
 
 VIP = "10.249.90.100/24"
 SCRIPT = "/etc/keepalived/check_heartbeat.sh"

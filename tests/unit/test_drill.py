@@ -14,6 +14,7 @@ from labctl.profile import Profile
 from labctl.profile_load import parse
 from labctl.remote import Remote, Result
 from tests.unit.checks_fakes import (
+    PAIR_PROFILE_WITH_CHECK,
     FakeClock,
     FakeHypervisor,
     FakeMachine,
@@ -22,29 +23,7 @@ from tests.unit.checks_fakes import (
     SyncExecutor,
 )
 
-PROFILE = """\
-[lab]
-name = "unit-lab"
-backend = "nspawn"
-
-[machines.prod-back]
-address = "10.249.90.10/24"
-
-[pairs.back]
-primary = "prod-back"
-standby = "prod-back-standby"
-standby_address = "10.249.90.20/24"
-interface = "host0"
-vrid = 51
-vip = ["10.249.90.100/24"]
-priority = { primary = 101, standby = 100 }
-advert_int = 1
-auth_pass = "s3cret!"
-[pairs.back.check]
-script = "check_heartbeat.sh"
-interval = 2
-weight = 2
-"""
+PROFILE = PAIR_PROFILE_WITH_CHECK
 
 VIP = "10.249.90.100/24"
 CHECK = "/etc/keepalived/check_heartbeat.sh"

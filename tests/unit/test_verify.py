@@ -14,27 +14,16 @@ from labctl.ops.verify import HostKey, Verdict
 from labctl.profile import Node, Profile
 from labctl.profile_load import parse
 from labctl.remote import Remote
-from tests.unit.checks_fakes import HOST_KEYS, STRANGER_KEY, FakeClock, FakeMachine, FakeRemote
+from tests.unit.checks_fakes import (
+    HOST_KEYS,
+    PAIR_PROFILE,
+    STRANGER_KEY,
+    FakeClock,
+    FakeMachine,
+    FakeRemote,
+)
 
-PROFILE = """\
-[lab]
-name = "unit-lab"
-backend = "nspawn"
-
-[machines.prod-back]
-address = "10.249.90.10/24"
-
-[pairs.back]
-primary = "prod-back"
-standby = "prod-back-standby"
-standby_address = "10.249.90.20/24"
-interface = "host0"
-vrid = 51
-vip = ["10.249.90.100/24"]
-priority = { primary = 101, standby = 100 }
-advert_int = 1
-auth_pass = "s3cret!"
-"""
+PROFILE = PAIR_PROFILE
 
 VIP = "10.249.90.100/24"
 

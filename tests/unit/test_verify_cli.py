@@ -24,6 +24,7 @@ from labctl.profile_load import load
 from labctl.remote import Remote
 from tests.unit.checks_fakes import (
     HOST_KEYS,
+    PAIR_PROFILE_WITH_CHECK,
     FakeClock,
     FakeHypervisor,
     FakeMachine,
@@ -32,27 +33,7 @@ from tests.unit.checks_fakes import (
 )
 from tests.unit.conftest import CliResult
 
-PROFILE = """\
-[lab]
-name = "unit-lab"
-backend = "nspawn"
-
-[machines.prod-back]
-address = "10.249.90.10/24"
-
-[pairs.back]
-primary = "prod-back"
-standby = "prod-back-standby"
-standby_address = "10.249.90.20/24"
-interface = "host0"
-vrid = 51
-vip = ["10.249.90.100/24"]
-priority = { primary = 101, standby = 100 }
-advert_int = 1
-auth_pass = "s3cret!"
-[pairs.back.check]
-script = "check_heartbeat.sh"
-"""
+PROFILE = PAIR_PROFILE_WITH_CHECK
 
 VIP = "10.249.90.100/24"
 
