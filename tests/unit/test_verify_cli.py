@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from labctl import cli as cli_mod
 from labctl import keepalived as ka
+from labctl.cli import checks as cli_mod
 from labctl.errors import GuestUnreachable
 from labctl.hypervisor import Hypervisor
 from labctl.ops import drill as drill_op

@@ -83,7 +83,7 @@ def hv(prof: Profile) -> FakeHypervisor:
 def cli_with(
     hv: FakeHypervisor, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> Callable[..., tuple[int, str, str]]:
-    monkeypatch.setattr("labctl.cli._lab_hypervisor", lambda _prof: hv)
+    monkeypatch.setattr("labctl.cli.lab._lab_hypervisor", lambda _prof: hv)
 
     def invoke(*args: str) -> tuple[int, str, str]:
         code = run(list(args))

@@ -1,0 +1,283 @@
+"""Checks and drills: verify, failover, doctor."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import click
+
+from labctl.cli.base import (
+    JsonOpt,
+    State,
+    cli,
+    emit_json,
+    emit_table,
+    hypervisor_for,
+    note,
+    pass_state,
+    profile_option,
+)
+from labctl.errors import (
+    EXIT_UNREACHABLE,
+    BackendUnavailable,
+    ChecksFailed,
+    GuestUnreachable,
+    LabctlError,
+)
+from labctl.hypervisor import Hypervisor
+from labctl.ops import connect as connect_ops
+from labctl.ops import doctor as doctor_op
+from labctl.ops import drill as drill_op
+from labctl.ops import verify as verify_op
+from labctl.profile import Node, Profile
+from labctl.remote import Remote
+
+# ---------------------------------------------------------------------------
+# Checks and drills (verify issue): verify, failover, doctor
+
+# A verify attempt gives an unreachable node only this long: it is then UNKNOWN (exit 5);
+# --wait retries the whole check.
+VERIFY_CONNECT_DEADLINE = 3.0
+
+
+def _node_connector(prof: Profile, *, deadline: float) -> Callable[[Node], Remote]:
+    """node -> open SSH connection (trusted host keys only), waiting at most ``deadline``."""
+    store = connect_ops.host_key_store(prof)
+
+    def open_node(node: Node) -> Remote:
+        endpoint = connect_ops.endpoint_for(prof, node.name, node.address)
+        remote: Remote = connect_ops.connect(
+            endpoint,
+            host_keys=store,
+            deadline=deadline,
+            attempt_timeout=min(prof.timeouts.connect, deadline),
+            command_timeout=prof.timeouts.command,
+        )
+        return remote
+
+    return open_node
+
+
+# how the data path reads the host key answering on VIP:22 (replaced by unit tests)
+_vip_host_key = verify_op.ssh_host_key
+
+
+def _connect_nodes(prof: Profile, nodes: Sequence[Node]) -> dict[str, Remote]:
+    """Open one connection per node, all or nothing (closing what opened on failure)."""
+    connect = _node_connector(prof, deadline=prof.timeouts.connect)
+    remotes: dict[str, Remote] = {}
+    try:
+        for node in nodes:
+            remotes[node.name] = connect(node)
+    except LabctlError:
+        connect_ops.close_all(remotes.values())
+        raise
+    return remotes
+
+
+def _hypervisor(prof: Profile) -> Hypervisor:
+    return hypervisor_for(prof)
+
+
+def _fail_checks(code: int, message: str, hint: str | None = None) -> None:
+    if code == EXIT_UNREACHABLE:
+        raise GuestUnreachable(message, hint=hint)
+    if code != 0:
+        raise ChecksFailed(message, hint=hint)
+
+
+def _render_verify(report: verify_op.VerifyReport) -> None:
+    rows = []
+    for p in report.pairs:
+        vip_cells = []
+        for v in p.vips:
+            answered = v.answered_by or f"no answer ({v.data_path_error})"
+            vip_cells.append(f"{v.vip} -> {answered}")
+        node_cells = []
+        for n in p.nodes:
+            if not n.reachable:
+                node_cells.append(f"{n.node.name}: UNREACHABLE")
+                continue
+            holds = "holds VIP" if any(n.holds(v.vip) for v in p.vips) else "-"
+            node_cells.append(f"{n.node.name}: {n.vrrp_state or '?'} ({n.service or '?'}), {holds}")
+        rows.append([p.pair, str(p.verdict), p.holder or "-", "; ".join(vip_cells), *node_cells])
+    emit_table(["pair", "verdict", "holder", "data path", "primary", "standby"], rows)
+    for p in report.pairs:
+        for reason in p.reasons:
+            click.echo(f"{p.pair}: {reason}")
+
+
+@cli.command("verify")
+@click.argument("pairs", nargs=-1, metavar="[PAIR]...")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="SECONDS",
+    help="Retry until every pair is OK, for at most SECONDS (e.g. right after provisioning).",
+)
+@JsonOpt
+@profile_option
+@pass_state
+def verify_cmd(state: State, pairs: tuple[str, ...], wait: float, as_json: bool) -> None:
+    """Check that each pair's virtual IP is on exactly one node and answers as that node.
+
+    Verdicts: OK, NO_HOLDER, SPLIT_BRAIN, MISMATCH, UNKNOWN. Exit 0 when every pair is OK,
+    5 when a node could not be reached, 6 otherwise.
+    """
+    prof = state.profile()
+    connect = _node_connector(prof, deadline=VERIFY_CONNECT_DEADLINE)
+    report = verify_op.verify(prof, pairs, connect, wait=wait, host_key_reader=_vip_host_key)
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        _render_verify(report)
+    bad = [f"{p.pair} {p.verdict}" for p in report.pairs if not p.ok]
+    _fail_checks(report.exit_code, f"not every pair is OK: {', '.join(bad)}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _render_drill(report: drill_op.DrillReport) -> None:
+    rows = []
+    for t in report.trials:
+        tl = t.timeline
+        unreachable = max(tl.unreachable.values(), default=0.0)
+        rows.append(
+            [
+                t.index,
+                f"{t.faulted} -> {t.peer}",
+                _fmt(tl.released) if tl.released is not None else "never",
+                _fmt(tl.takeover),
+                _fmt(t.theory),
+                _fmt(t.error),
+                _fmt(tl.gap),
+                _fmt(tl.overlap),
+                _fmt(unreachable) if unreachable else "-",
+                _fmt(t.failback),
+                _fmt(tl.resolution),
+            ]
+        )
+    emit_table(
+        [
+            "trial",
+            "holder -> peer",
+            "no holder",
+            "new holder",
+            "theory",
+            "error",
+            "gap",
+            "overlap",
+            "unreachable",
+            "failback",
+            "resolution",
+        ],
+        rows,
+        title=f"failover {report.pair} --fault {report.fault} "
+        f"(seconds after injection; theory: {report.theory_kind})",
+    )
+    summary = report.summary()
+    lines = []
+    for key, stat in summary.items():
+        if stat is not None:
+            lines.append(f"{key}: min {stat.min:.3f}  median {stat.median:.3f}  max {stat.max:.3f}")
+    if len(report.trials) > 1:
+        for line in lines:
+            click.echo(line)
+    where = ", ".join(report.final_holders) or "no node"
+    if report.ended_ok:
+        click.echo(f"the pair ended with the VIP on {where}")
+
+
+@cli.command("failover")
+@click.argument("pair")
+@click.option(
+    "--fault",
+    type=click.Choice([f.value for f in drill_op.Fault]),
+    default=drill_op.Fault.STOP.value,
+    show_default=True,
+    help="What to break on the current holder.",
+)
+@click.option("--trials", type=click.IntRange(min=1), default=1, show_default=True)
+@JsonOpt
+@profile_option
+@pass_state
+def failover_cmd(state: State, pair: str, fault: str, trials: int, as_json: bool) -> None:
+    """Break PAIR's VIP holder on purpose and time the standby's takeover.
+
+    stop: graceful keepalived stop; crash: SIGKILL keepalived; freeze: pause the machine;
+    link: cable out; partition: drop VRRP between the nodes; health: the check script fails.
+    Exit 6 when a trial failed or the pair did not end with the VIP on exactly one node.
+    """
+    prof = state.profile()
+    nodes = prof.nodes(pair)
+    kind = drill_op.Fault(fault)
+    hypervisor: Hypervisor | None = None
+    try:
+        hypervisor = _hypervisor(prof)
+        hypervisor.check()
+    except BackendUnavailable:
+        if kind in (drill_op.Fault.FREEZE, drill_op.Fault.LINK):
+            raise
+        hypervisor = None
+    if not state.debug:
+        # a frozen or unplugged node makes paramiko log about its channels: expected here
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    remotes = _connect_nodes(prof, nodes)
+    by_name = {n.name: n for n in nodes}
+    reopen = _node_connector(prof, deadline=2.0)
+    try:
+        drill = drill_op.Drill(
+            prof,
+            pair,
+            kind,
+            remotes,
+            hypervisor,
+            progress=note,
+            reconnect=lambda name: reopen(by_name[name]),
+        )
+        report = drill.run(trials)
+    finally:
+        connect_ops.close_all(remotes.values())
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        _render_drill(report)
+    problems = report.all_problems()
+    _fail_checks(report.exit_code, "; ".join(problems) or "the drill failed")
+
+
+def _render_doctor(report: doctor_op.DoctorReport) -> None:
+    rows = [[c.status, c.subject, c.check, c.detail, c.fix or ""] for c in report.checks]
+    emit_table(["status", "subject", "check", "detail", "fix"], rows)
+    counts = report.counts()
+    click.echo(f"{counts['OK']} OK, {counts['WARN']} WARN, {counts['FAIL']} FAIL")
+
+
+@cli.command("doctor")
+@JsonOpt
+@profile_option
+@pass_state
+def doctor_cmd(state: State, as_json: bool) -> None:
+    """Pre-flight checks, each OK/WARN/FAIL with a fix. Exit 6 when any check FAILs.
+
+    An invalid profile is reported like `labctl profile check` (exit 3): nothing else can
+    be checked without it.
+    """
+    prof = state.profile(check_env=True)
+    connect = _node_connector(prof, deadline=prof.timeouts.connect)
+    report = doctor_op.doctor(prof, connect, lambda: _hypervisor(prof))
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        _render_doctor(report)
+    failed = [f"{c.subject} {c.check}" for c in report.checks if c.status == "FAIL"]
+    _fail_checks(report.exit_code, f"{len(failed)} check(s) failed: {', '.join(failed)}")
+
+
+# (end of checks section)
+
+

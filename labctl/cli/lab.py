@@ -1,0 +1,159 @@
+"""Lab lifecycle and clone: lab image, up, down, status, destroy, clone."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from labctl.cli.base import (
+    JsonOpt,
+    State,
+    cli,
+    emit_json,
+    emit_table,
+    hypervisor_for,
+    note,
+    pass_state,
+    profile_option,
+)
+from labctl.profile import Profile
+
+# ---------------------------------------------------------------------------
+# Lab lifecycle and clone (nspawn issue): lab image, up, down, status, destroy, clone
+
+
+def _lab_hypervisor(prof: Profile) -> Any:
+    return hypervisor_for(prof)
+
+
+@cli.group("lab")
+def lab_group() -> None:
+    """The local nspawn lab's base image."""
+
+
+@lab_group.command("image")
+@click.option("--rebuild", is_flag=True, help="Build again even if the image is current.")
+@profile_option
+@pass_state
+def lab_image(state: State, rebuild: bool) -> None:
+    """Build the Debian base image for nspawn machines (once; progress on stderr)."""
+    from labctl.errors import OperationFailed
+    from labctl.ops import lab as lab_ops
+
+    prof = state.profile()
+    if prof.lab.backend != "nspawn":
+        raise OperationFailed(f"lab.backend is {prof.lab.backend!r}; images are for nspawn labs")
+    _lab_hypervisor(prof).check()
+    build = lab_ops.build_image(prof, rebuild=rebuild, progress=note)
+    how = f"built in {build.seconds:.0f}s" if build.built else "already built; --rebuild rebuilds"
+    click.echo(f"image {build.image.suite}: {build.image.path} ({how})")
+
+
+def _status_rows(rows: Sequence[Any]) -> None:
+    emit_table(
+        ["machine", "role", "state", "address"],
+        [(r.machine, r.role, r.state, r.address) for r in rows],
+    )
+
+
+@cli.command("up")
+@click.argument("machines", nargs=-1, metavar="[MACHINE]...")
+@profile_option
+@pass_state
+def lab_up(state: State, machines: tuple[str, ...]) -> None:
+    """Create missing production machines, start them, wait until SSH answers."""
+    from labctl.ops import lab as lab_ops
+
+    prof = state.profile()
+    result = lab_ops.up(prof, _lab_hypervisor(prof), machines, progress=note)
+    _status_rows(result.machines)
+
+
+@cli.command("down")
+@profile_option
+@pass_state
+def lab_down(state: State) -> None:
+    """Shut down every machine of the lab (graceful; killed after 30 s)."""
+    from labctl.ops import lab as lab_ops
+
+    prof = state.profile()
+    result = lab_ops.down(prof, _lab_hypervisor(prof))
+    if not result.stopped and not result.killed:
+        click.echo("nothing was running")
+    for name in result.stopped:
+        click.echo(f"{name}: stopped")
+    for name in result.killed:
+        click.echo(f"{name}: killed (did not shut down in time)")
+
+
+@cli.command("status")
+@profile_option
+@JsonOpt
+@pass_state
+def lab_status(state: State, as_json: bool) -> None:
+    """Every machine of the lab: role, state (absent/stopped/running/paused), address.
+
+    --json: {"lab": NAME, "backend": NAME, "machines": [{"machine", "role", "state",
+    "address", "managed"}]}.
+    """
+    from labctl.ops import lab as lab_ops
+
+    prof = state.profile()
+    rows = lab_ops.status(prof, _lab_hypervisor(prof))
+    if as_json:
+        emit_json(
+            {
+                "lab": prof.lab.name,
+                "backend": prof.lab.backend,
+                "machines": [r.to_json() for r in rows],
+            }
+        )
+    else:
+        _status_rows(rows)
+
+
+@cli.command("destroy")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@profile_option
+@pass_state
+def lab_destroy(state: State, yes: bool) -> None:
+    """Delete every machine labctl created for this lab, and the lab's network and keys."""
+    from labctl.ops import lab as lab_ops
+
+    prof = state.profile()
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError("destroy deletes machines: pass --yes to confirm")
+        click.confirm(f"Delete every machine labctl created for lab {prof.lab.name}?", abort=True)
+    destroyed = lab_ops.destroy(prof, _lab_hypervisor(prof))
+    click.echo(f"destroyed: {', '.join(destroyed)}" if destroyed else "nothing to destroy")
+
+
+@cli.command("clone")
+@click.argument("production")
+@click.option("--linked/--full", default=False, help="Linked clone (overlay) or full copy.")
+@click.option("--force", is_flag=True, help="Recreate the standby if it exists.")
+@profile_option
+@JsonOpt
+@pass_state
+def lab_clone(state: State, production: str, linked: bool, force: bool, as_json: bool) -> None:
+    """Create PRODUCTION's standby with its own identity and boot it (production keeps running).
+
+    --json: {"pair", "production", "standby", "address", "linked", "created", "message"}.
+    """
+    from labctl.ops import clone as clone_ops
+
+    prof = state.profile()
+    result = clone_ops.clone(prof, _lab_hypervisor(prof), production, linked=linked, force=force)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        click.echo(result.message)
+
+
+# (end of lab lifecycle section)
+
+
