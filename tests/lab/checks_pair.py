@@ -3,8 +3,9 @@
 Booting guests is the expensive part of the lab tests, so these three modules share a single
 pair (production machine + linked-clone standby, keepalived provisioned by `labctl provision
 pair`). Every test that breaks it puts it back and checks, with `labctl verify --wait`, that
-it is OK again before the next test runs. The lab is destroyed at the end of the session (and
-by the conftest's sweep whatever happens).
+it is OK again before the next test runs. The pair itself is the session fixture
+``checks_pair`` in tests/lab/conftest.py (destroyed at the end of the session, and by the
+conftest's sweep whatever happens); this module holds the helpers the three modules share.
 """
 
 from __future__ import annotations
@@ -13,16 +14,12 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from labctl.cli import run
-from labctl.ops import lab as lab_ops
-from tests.lab.conftest import LabEnv, LabPair, bring_up, write_profile
-
-_CACHE: dict[str, LabPair] = {}
+from tests.lab.conftest import LabPair
 
 
 @dataclass
@@ -41,22 +38,6 @@ def labctl(pair: LabPair, capsys: pytest.CaptureFixture[str], *args: str) -> Cli
     code = run(["-p", str(pair.profile.path), *args])
     captured = capsys.readouterr()
     return CliRun(code, captured.out, captured.err)
-
-
-def provisioned_pair(
-    lab_env: LabEnv, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> LabPair:
-    if "pair" in _CACHE:
-        return _CACHE["pair"]
-    directory: Path = tmp_path_factory.mktemp("checks-pair")
-    prof = write_profile(lab_env, directory, 1, names=[("chk-a", "chk-a-standby")])
-    lab = bring_up(prof)
-    pair = LabPair(lab.profile, lab.hv, pair="p1")
-    request.addfinalizer(lambda: lab_ops.destroy(pair.profile, pair.hv))
-    code = run(["-p", str(prof.path), "provision", "pair", "p1"])
-    assert code == 0, "labctl provision pair failed on a fresh pair"
-    _CACHE["pair"] = pair
-    return pair
 
 
 def guest(pair: LabPair, name: str, script: str) -> str:

@@ -76,6 +76,7 @@ import pytest
 
 from labctl import paths
 from labctl import profile as profile_mod
+from labctl.cli import run as run_labctl
 from labctl.hypervisor import ExecResult
 from labctl.hypervisor.nspawn import NspawnHypervisor
 from labctl.hypervisor.nspawn_image import ensure_image
@@ -514,3 +515,20 @@ def fresh_pair(lab_env: LabEnv, tmp_path_factory: pytest.TempPathFactory) -> Ite
     pair = _pair(lab_env, tmp_path_factory.mktemp("fresh-pair"))
     yield pair
     lab_ops.destroy(pair.profile, pair.hv)
+
+
+@pytest.fixture(scope="session")
+def checks_pair(lab_env: LabEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPair]:
+    """One pair provisioned by `labctl provision pair`, shared by the verify, failover and doctor
+    lab tests (see tests/lab/checks_pair.py); destroyed at the end of the session."""
+    prof = write_profile(
+        lab_env, tmp_path_factory.mktemp("checks-pair"), 1, names=[("chk-a", "chk-a-standby")]
+    )
+    lab = bring_up(prof)
+    pair = LabPair(lab.profile, lab.hv, pair="p1")
+    try:
+        code = run_labctl(["-p", str(prof.path), "provision", "pair", "p1"])
+        assert code == 0, "labctl provision pair failed on a fresh pair"
+        yield pair
+    finally:
+        lab_ops.destroy(pair.profile, pair.hv)

@@ -23,7 +23,6 @@ from tests.lab.checks_pair import (
     flush_host_arp,
     guest,
     labctl,
-    provisioned_pair,
     vip_ip,
 )
 from tests.lab.conftest import LabEnv, LabPair
@@ -33,11 +32,9 @@ pytestmark = pytest.mark.lab
 Capsys = pytest.CaptureFixture[str]
 
 
-@pytest.fixture(scope="session")
-def pair(
-    lab_env: LabEnv, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> LabPair:
-    return provisioned_pair(lab_env, tmp_path_factory, request)
+@pytest.fixture
+def pair(checks_pair: LabPair) -> LabPair:
+    return checks_pair
 
 
 def doctor(pair: LabPair, capsys: Capsys) -> tuple[int, dict[str, Any]]:

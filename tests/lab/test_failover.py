@@ -11,19 +11,17 @@ from typing import Any
 
 import pytest
 
-from tests.lab.checks_pair import ensure_ok, labctl, provisioned_pair
-from tests.lab.conftest import LabEnv, LabPair
+from tests.lab.checks_pair import ensure_ok, labctl
+from tests.lab.conftest import LabPair
 
 pytestmark = pytest.mark.lab
 
 Capsys = pytest.CaptureFixture[str]
 
 
-@pytest.fixture(scope="session")
-def pair(
-    lab_env: LabEnv, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> LabPair:
-    return provisioned_pair(lab_env, tmp_path_factory, request)
+@pytest.fixture
+def pair(checks_pair: LabPair) -> LabPair:
+    return checks_pair
 
 
 def drill(pair: LabPair, capsys: Capsys, fault: str) -> dict[str, Any]:

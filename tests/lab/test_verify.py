@@ -14,21 +14,18 @@ from tests.lab.checks_pair import (
     flush_host_arp,
     guest,
     labctl,
-    provisioned_pair,
     vip,
 )
-from tests.lab.conftest import LabEnv, LabPair
+from tests.lab.conftest import LabPair
 
 pytestmark = pytest.mark.lab
 
 Capsys = pytest.CaptureFixture[str]
 
 
-@pytest.fixture(scope="session")
-def pair(
-    lab_env: LabEnv, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> LabPair:
-    return provisioned_pair(lab_env, tmp_path_factory, request)
+@pytest.fixture
+def pair(checks_pair: LabPair) -> LabPair:
+    return checks_pair
 
 
 def test_ok_after_provisioning(pair: LabPair, capsys: Capsys) -> None:
