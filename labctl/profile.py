@@ -117,8 +117,10 @@ class VirtualBoxSettings(BaseModel):
 
     model_config = _strict()
 
-    driver: Literal["vboxmanage", "pyvbox"] = Field(
-        "vboxmanage", description="vboxmanage works with VirtualBox 6.1 and 7.x; pyvbox 6.1 only"
+    driver: Literal["auto", "vboxmanage", "pyvbox"] = Field(
+        "auto",
+        description="auto: pyvbox when VirtualBox's Python SDK (vboxapi) and pyvbox import, "
+        "else vboxmanage; both work with VirtualBox 6.1 and 7.0-7.2",
     )
     vboxmanage: str = Field("VBoxManage", description="VBoxManage executable")
     nic: int = Field(1, description="the adapter (1-based) that carries the lab network")

@@ -30,6 +30,34 @@ class MachineState(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Nic:
+    """One enabled network adapter of a machine, as the hypervisor reports it (VirtualBox).
+
+    Attributes:
+        slot: 1-based adapter number (VBoxManage's N in ``--nicN``).
+        attachment: how it is attached, named as VBoxManage names it: null, nat, natnetwork,
+            bridged, intnet, hostonly, hostonlynet, generic, cloud.
+        mac: its MAC address, 12 upper-case hex digits as VirtualBox stores it.
+        cable: whether its cable is connected.
+        driver: for ``generic``: the generic driver (VDE, UDPTunnel); else None.
+        network: what it is attached to when the backend can tell: the internal or NAT network
+            name, the host-only or bridged host interface, the VDE switch; else None.
+    """
+
+    slot: int
+    attachment: str
+    mac: str
+    cable: bool
+    driver: str | None = None
+    network: str | None = None
+
+    def describe(self) -> str:
+        """``generic (VDE)``, ``intnet (labnet)``, ``nat``: the attachment as users name it."""
+        detail = self.driver if self.attachment == "generic" else self.network
+        return f"{self.attachment} ({detail})" if detail else self.attachment
+
+
+@dataclass(frozen=True)
 class Machine:
     """A machine as the hypervisor reports it.
 
@@ -38,12 +66,15 @@ class Machine:
         state: what it is doing now.
         address: its IPv4 address on the lab network when the backend knows it, else None.
         managed: True when labctl created it (only such machines may be destroyed).
+        nics: its enabled network adapters, where the backend has such a notion (VirtualBox);
+            empty otherwise.
     """
 
     name: str
     state: MachineState
     address: str | None = None
     managed: bool = False
+    nics: tuple[Nic, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,6 +148,40 @@ class VirtualBoxDetails(Protocol):
     def guest_additions(self, name: str) -> str | None:
         """Guest Additions version reported by the running guest, or None when absent."""
 
+    def host_report(self) -> VirtualBoxHost:
+        """What VirtualBox this host runs, through which driver, and whether VMs can start."""
+
+
+@dataclass(frozen=True)
+class VirtualBoxHost:
+    """The VirtualBox installation a driver talks to.
+
+    Attributes:
+        version: VirtualBox's version (``7.2.22_Debian``).
+        driver: the labctl driver in use (vboxmanage, pyvbox).
+        why: why that driver (the profile names it, or what ``driver = "auto"`` found).
+        start_blocker: why no VM can start on this host (the kernel driver is missing), or None.
+    """
+
+    version: str
+    driver: str
+    why: str
+    start_blocker: str | None
+
+
+def require_startable(hv: Hypervisor) -> None:
+    """Raise BackendUnavailable (exit 4) before anything is made when VMs cannot start here."""
+    if isinstance(hv, VirtualBoxDetails):
+        report = hv.host_report()
+        if report.start_blocker is not None:
+            raise BackendUnavailable(report.start_blocker, hint=KERNEL_DRIVER_HINT)
+
+
+KERNEL_DRIVER_HINT = (
+    "load VirtualBox's kernel driver: sudo modprobe vboxdrv (after a kernel update, reinstall "
+    "virtualbox-dkms or run /sbin/vboxconfig), then check with labctl doctor"
+)
+
 
 @runtime_checkable
 class VrrpPartitioner(Protocol):
@@ -140,9 +205,12 @@ BACKENDS: dict[str, str] = {
 
 
 def backend_name(profile: Profile) -> str:
+    """The backend the profile selects (``driver = "auto"`` resolved on this host)."""
     if profile.lab.backend == "nspawn":
         return "nspawn"
-    return profile.lab.virtualbox.driver
+    from labctl.hypervisor.vbox_common import resolve_driver
+
+    return resolve_driver(profile)[0]
 
 
 def get_hypervisor(profile: Profile) -> Hypervisor:

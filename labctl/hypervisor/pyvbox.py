@@ -1,10 +1,11 @@
 """VirtualBox through its Python SDK via pyvbox (PyPI ``virtualbox``, extra ``[virtualbox]``).
 
-pyvbox 2.1.1 is generated from the VirtualBox 6.1 API. On VirtualBox 7.x machine states decode
-wrongly (7.0 renumbered MachineState) and createMachine/clone break, so this backend refuses
-anything but 6.x with BackendUnavailable and points at the vboxmanage driver. ``import
-virtualbox`` succeeds without VirtualBox's SDK (vboxapi) and fails at first use, so check()
-actually talks to VirtualBox.
+pyvbox 2.1.1 is generated from the VirtualBox 6.1 API. It works on 6.1 and, through
+``vbox_versions`` (the one table of what differs between API versions), on 7.0-7.2: states and
+attachment types are decoded from the API's numeric values with the running version's
+numbering, and createMachine (whose parameters changed in 7.0 and 7.1) is called through the
+raw interface. ``import virtualbox`` succeeds without VirtualBox's SDK (vboxapi) and fails at
+first use, so check() actually talks to VirtualBox.
 
 Progress objects: ``wait_for_completion()`` is the API's own completion wait (not a labctl
 retry) and does not raise on failure: every progress is checked through ``result_code``.
@@ -20,33 +21,26 @@ from types import ModuleType
 from typing import Any
 
 from labctl.errors import BackendUnavailable, LabctlError, OperationFailed
-from labctl.hypervisor import ExecResult, Machine, MachineState
+from labctl.hypervisor import ExecResult, Machine, MachineState, Nic, VirtualBoxHost
 from labctl.hypervisor.vbox_common import (
     BASE_SNAPSHOT,
     LINK_KEY,
     TAG_KEY,
     guest_credentials,
+    resolve_driver,
+    start_blocker,
+    start_failed,
     state_from_name,
 )
+from labctl.hypervisor.vbox_versions import ApiDialect, dialect_for
 from labctl.profile import Profile
 
-INSTALL_HINT = "pip install 'labctl[virtualbox]' (pyvbox) and VirtualBox 6.1 with its SDK"
-USE_VBOXMANAGE = 'set driver = "vboxmanage" under [lab.virtualbox] (works with 6.1 and 7.x)'
+INSTALL_HINT = "pip install 'labctl[virtualbox]' (pyvbox) and VirtualBox with its SDK (vboxapi)"
+USE_VBOXMANAGE = 'set driver = "vboxmanage" under [lab.virtualbox]'
 
-# IMachine.state values of the VirtualBox 6.1 API (pyvbox's library.MachineState).
-_STATE_61 = {
-    1: "poweroff", 2: "saved", 3: "teleported", 4: "aborted", 5: "running", 6: "paused",
-    7: "gurumeditation", 8: "teleporting", 9: "livesnapshotting", 10: "starting",
-    11: "stopping", 12: "saving", 13: "restoring", 14: "teleportingpausedvm",
-    15: "teleportingin", 16: "deletingsnapshotlive", 17: "deletingsnapshotlivepaused",
-    18: "onlinesnapshotting", 19: "restoringsnapshot", 20: "deletingsnapshot",
-    21: "settingup", 22: "snapshotting",
-}  # fmt: skip
-# NetworkAttachmentType values, named as VBoxManage names them.
-_ATTACHMENT = {
-    0: "null", 1: "nat", 2: "bridged", 3: "intnet", 4: "hostonly", 5: "generic",
-    6: "natnetwork", 7: "cloud",
-}  # fmt: skip
+
+# adapters labctl reads (the PIIX3 chipset's count; ICH9 has more, labs use the first ones)
+_ADAPTERS = 8
 
 
 class PyVBoxHypervisor:
@@ -56,15 +50,21 @@ class PyVBoxHypervisor:
         lab: the lab's name, written to every VM labctl creates (extra data ``labctl/lab``).
         nic: 1-based adapter that carries the lab network (the API's slot is nic - 1).
         profile: the profile, for guest credentials; None = exec unavailable.
+        why: why this driver is in use (doctor and status say it).
     """
 
     name = "pyvbox"
 
-    def __init__(self, lab: str, *, nic: int = 1, profile: Profile | None = None) -> None:
+    def __init__(
+        self, lab: str, *, nic: int = 1, profile: Profile | None = None,
+        why: str = "chosen by the caller",
+    ) -> None:  # fmt: skip
         self.lab = lab
+        self.why = why
         self.nic = nic
         self._profile = profile
         self._api: Any = None
+        self._dialect: ApiDialect | None = None
         self._module: ModuleType | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -80,7 +80,7 @@ class PyVBoxHypervisor:
         return self._module
 
     def _vbox(self) -> Any:
-        """The IVirtualBox object, after checking that this host runs a 6.x API."""
+        """The IVirtualBox object, after checking that labctl knows the running API version."""
         if self._api is not None:
             return self._api
         vb = self._virtualbox()
@@ -90,21 +90,22 @@ class PyVBoxHypervisor:
         except ImportError as exc:
             raise BackendUnavailable(
                 f"pyvbox cannot reach VirtualBox: its SDK (vboxapi) is missing: {exc}",
-                hint=f"install VirtualBox 6.1 with its SDK, or {USE_VBOXMANAGE}",
+                hint=f"install VirtualBox with its SDK (Debian: virtualbox), or {USE_VBOXMANAGE}",
             ) from exc
         except Exception as exc:
             raise BackendUnavailable(
                 f"pyvbox cannot reach VirtualBox: {exc}",
-                hint=f"check that VirtualBox 6.1 runs for this user, or {USE_VBOXMANAGE}",
+                hint=f"check that VirtualBox runs for this user, or {USE_VBOXMANAGE}",
             ) from exc
-        if version.split(".")[0] != "6":
-            raise BackendUnavailable(
-                f"pyvbox 2.1.1 speaks the VirtualBox 6.1 API; this host runs VirtualBox {version}, "
-                "whose machine states and clone calls it gets wrong",
-                hint=USE_VBOXMANAGE,
-            )
+        self._dialect = dialect_for(version)
         self._api = api
         return api
+
+    def dialect(self) -> ApiDialect:
+        """The running VirtualBox API's dialect (connects first)."""
+        self._vbox()
+        assert self._dialect is not None
+        return self._dialect
 
     def _lib(self) -> Any:
         return self._virtualbox().library
@@ -149,8 +150,42 @@ class PyVBoxHypervisor:
         return machine
 
     def _state(self, machine: Any) -> MachineState:
-        value = int(machine.state)
-        return state_from_name(_STATE_61.get(value, f"#{value}"), machine.name)
+        # int(): pyvbox's enum would name the value with 6.1's numbering
+        return state_from_name(self.dialect().state_name(int(machine.state)), machine.name)
+
+    def _nics(self, machine: Any) -> tuple[Nic, ...]:
+        """Every enabled adapter, decoded with the running API's numbering."""
+        dialect = self.dialect()
+        nics = []
+        for index in range(_ADAPTERS):
+            adapter = machine.get_network_adapter(index)
+            if not adapter.enabled:
+                continue
+            attachment = dialect.attachment_name(int(adapter.attachment_type))
+            driver = str(adapter.generic_driver) if attachment == "generic" else None
+            nics.append(
+                Nic(
+                    slot=index + 1,
+                    attachment=attachment,
+                    mac=str(adapter.mac_address),
+                    cable=bool(adapter.cable_connected),
+                    driver=driver,
+                    network=self._nic_network(adapter, attachment),
+                )
+            )
+        return tuple(nics)
+
+    @staticmethod
+    def _nic_network(adapter: Any, attachment: str) -> str | None:
+        if attachment == "generic":
+            values, names = adapter.get_properties("")
+            props = dict(zip(names, values, strict=True))
+            return props.get("network") or props.get("dest") or None
+        attribute = {
+            "intnet": "internal_network", "natnetwork": "nat_network",
+            "hostonly": "host_only_interface", "bridged": "bridged_interface",
+        }.get(attachment)  # fmt: skip
+        return (str(getattr(adapter, attribute)) or None) if attribute else None
 
     @contextmanager
     def _session(self, machine: Any, *, write: bool = False) -> Iterator[Any]:
@@ -184,14 +219,14 @@ class PyVBoxHypervisor:
             return Machine(name, MachineState.ABSENT)
         with self._wrap(f"reading {name}"):
             managed = machine.get_extra_data(TAG_KEY) == self.lab
-            return Machine(name, self._state(machine), None, managed)
+            return Machine(name, self._state(machine), None, managed, self._nics(machine))
 
     def list(self) -> list[Machine]:
         """Every registered VM tagged with this lab's name."""
         vbox = self._vbox()
         with self._wrap("listing machines"):
             return [
-                Machine(m.name, self._state(m), None, True)
+                Machine(m.name, self._state(m), None, True, self._nics(m))
                 for m in vbox.machines
                 if m.get_extra_data(TAG_KEY) == self.lab
             ]
@@ -212,8 +247,7 @@ class PyVBoxHypervisor:
             if linked:
                 base = self._base_snapshot(src).machine
                 options = [lib.CloneOptions.link]
-            settings = vbox.compose_machine_filename(target, "", "", "")
-            new = vbox.create_machine(settings, target, [], "", "")
+            new = self._create_machine(target, src)
             try:
                 progress = base.clone_to(new, lib.CloneMode.machine_state, options)
                 self._check_progress(progress, f"cloning {source} to {target}")
@@ -234,6 +268,19 @@ class PyVBoxHypervisor:
         except OperationFailed:
             self._delete(target)
             raise
+
+    def _create_machine(self, name: str, like: Any) -> Any:
+        """A new, unregistered machine named ``name`` with ``like``'s OS type."""
+        vbox, dialect = self._vbox(), self.dialect()
+        settings = vbox.compose_machine_filename(name, "", "", "")
+        if dialect.native:
+            return vbox.create_machine(settings, name, [], like.os_type_id, "")
+        # pyvbox passes 6.1's five parameters: call the raw interface with this version's
+        platform = None
+        if (dialect.major, dialect.minor) >= (7, 1):
+            platform = int(like._i.platform.architecture)
+        args = dialect.create_machine_args(settings, name, like.os_type_id, platform=platform)
+        return self._lib().IMachine(vbox._i.createMachine(*args))
 
     def _base_snapshot(self, src: Any) -> Any:
         lib = self._lib()
@@ -276,6 +323,8 @@ class PyVBoxHypervisor:
             progress = machine.launch_vm_process(session, "headless", [])
             try:
                 self._check_progress(progress, f"starting {name}")
+            except OperationFailed as exc:
+                raise start_failed(name, exc.message) from exc
             finally:
                 # a launch that failed leaves the session unlocked: don't mask its error
                 with contextlib.suppress(Exception):
@@ -372,8 +421,7 @@ class PyVBoxHypervisor:
             adapter = machine.get_network_adapter(self.nic - 1)
             if not adapter.enabled:
                 return "none"
-            value = int(adapter.attachment_type)
-            return _ATTACHMENT.get(value, f"unknown({value})")
+            return self.dialect().attachment_name(int(adapter.attachment_type))
 
     def guest_additions(self, name: str) -> str | None:
         """IGuest.additions_version of the running guest; None when absent or not running."""
@@ -384,7 +432,14 @@ class PyVBoxHypervisor:
             version = str(session.console.guest.additions_version or "")
         return version or None
 
+    def host_report(self) -> VirtualBoxHost:
+        """IVirtualBox.version, this driver and why, and whether VMs can start here."""
+        return VirtualBoxHost(self.dialect().version, self.name, self.why, start_blocker())
+
 
 def from_profile(profile: Profile) -> PyVBoxHypervisor:
     """The backend for ``lab.virtualbox.driver = "pyvbox"``."""
-    return PyVBoxHypervisor(profile.lab.name, nic=profile.lab.virtualbox.nic, profile=profile)
+    return PyVBoxHypervisor(
+        profile.lab.name, nic=profile.lab.virtualbox.nic, profile=profile,
+        why=resolve_driver(profile)[1],
+    )  # fmt: skip

@@ -8,12 +8,16 @@ guaranteed to outlive the running VM).
 
 from __future__ import annotations
 
+import importlib
 import os
+from pathlib import Path
 
-from labctl.errors import OperationFailed, ProfileError
-from labctl.hypervisor import MachineState
+from labctl.errors import BackendUnavailable, LabctlError, OperationFailed, ProfileError
+from labctl.hypervisor import KERNEL_DRIVER_HINT, MachineState
 from labctl.profile import Profile
 
+# VMs need VirtualBox's kernel driver; its device node tells whether it is loaded.
+KERNEL_DRIVER = Path("/dev/vboxdrv")
 TAG_KEY = "labctl/lab"
 LINK_KEY = "labctl/link"
 BASE_SNAPSHOT = "labctl-base"
@@ -69,3 +73,46 @@ def guest_credentials(profile: Profile) -> tuple[str, str]:
             hint=f"export {settings.guest_password_env}=<password of {settings.guest_user}>",
         )
     return settings.guest_user, password
+
+
+def start_blocker() -> str | None:
+    """Why no VM can start on this host, or None: the kernel driver's device is missing."""
+    if KERNEL_DRIVER.exists():
+        return None
+    return (
+        f"VirtualBox VMs cannot start on this host: its kernel driver is not loaded "
+        f"({KERNEL_DRIVER} does not exist)"
+    )
+
+
+def start_failed(name: str, detail: str) -> LabctlError:
+    """The error for a VM that did not start: exit 4 when the kernel driver is missing."""
+    blocker = start_blocker()
+    if blocker is not None:
+        return BackendUnavailable(
+            f"{name} did not start ({detail}): {blocker}", hint=KERNEL_DRIVER_HINT
+        )
+    return OperationFailed(f"{name} did not start: {detail}")
+
+
+def resolve_driver(profile: Profile) -> tuple[str, str]:
+    """The VirtualBox driver to use and why: the profile's choice, or what ``auto`` found.
+
+    ``auto`` takes pyvbox when both VirtualBox's Python SDK (vboxapi) and pyvbox import in this
+    Python, else VBoxManage.
+    """
+    driver = profile.lab.virtualbox.driver
+    if driver != "auto":
+        return driver, f'the profile sets driver = "{driver}"'
+    missing = []
+    for module, what in (
+        ("vboxapi", "VirtualBox's Python SDK (vboxapi)"),
+        ("virtualbox", "pyvbox"),
+    ):
+        try:
+            importlib.import_module(module)
+        except Exception:  # an SDK built for another Python can fail in many ways
+            missing.append(what)
+    if missing:
+        return "vboxmanage", f"driver = auto: {' and '.join(missing)} not importable here"
+    return "pyvbox", "driver = auto: vboxapi and pyvbox import here"

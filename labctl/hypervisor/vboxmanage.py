@@ -14,12 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from labctl.errors import BackendUnavailable, OperationFailed
-from labctl.hypervisor import ExecResult, Machine, MachineState
+from labctl.hypervisor import ExecResult, Machine, MachineState, Nic, VirtualBoxHost
 from labctl.hypervisor.vbox_common import (
     BASE_SNAPSHOT,
     LINK_KEY,
     TAG_KEY,
     guest_credentials,
+    resolve_driver,
+    start_blocker,
+    start_failed,
     state_from_name,
 )
 from labctl.profile import Profile
@@ -29,6 +32,12 @@ INSTALL_HINT = (
     "lab.virtualbox.vboxmanage to the VBoxManage executable"
 )
 _NOT_FOUND = "VBOX_E_OBJECT_NOT_FOUND"
+# showvminfo --machinereadable: what each attachment is attached to (7.2 prints the generic
+# driver as genericN but not its properties; those are only in the .vbox file and the API)
+_NETWORK_KEYS = {
+    "intnet": "intnet", "natnetwork": "nat-network", "hostonly": "hostonlyadapter",
+    "bridged": "bridgeadapter", "hostonlynet": "hostonly-network",
+}  # fmt: skip
 # guestcontrol run maps guest exit codes: 1..93 -> 33..125, 94 and above -> 126
 # (VBoxManageGuestCtrl.cpp, EXITCODEEXEC_MAPPED_*). 16..22 are VBoxManage's own failures.
 _MAPPED_FIRST, _MAPPED_LAST = 33, 125
@@ -40,6 +49,32 @@ class _Run:
     code: int
     stdout: str
     stderr: str
+
+
+def nics_from_info(info: dict[str, str]) -> tuple[Nic, ...]:
+    """Every enabled adapter of a ``showvminfo --machinereadable`` dict.
+
+    VBoxManage names attachments in lower case except ``Generic`` (7.2); labctl uses its
+    modifyvm spelling (``generic``) everywhere.
+    """
+    nics = []
+    slot = 1
+    while f"nic{slot}" in info:
+        attachment = info[f"nic{slot}"].lower()
+        if attachment != "none":
+            key = _NETWORK_KEYS.get(attachment)
+            nics.append(
+                Nic(
+                    slot=slot,
+                    attachment=attachment,
+                    mac=info.get(f"macaddress{slot}", ""),
+                    cable=info.get(f"cableconnected{slot}") == "on",
+                    driver=info.get(f"generic{slot}") if attachment == "generic" else None,
+                    network=info.get(key) if key is not None else None,
+                )
+            )
+        slot += 1
+    return tuple(nics)
 
 
 def parse_machinereadable(text: str) -> dict[str, str]:
@@ -68,15 +103,17 @@ class VBoxManageHypervisor:
         executable: the VBoxManage command or path.
         nic: 1-based adapter that carries the lab network.
         profile: the profile, for guest credentials (guestcontrol); None = exec unavailable.
+        why: why this driver is in use (doctor and status say it).
     """
 
     name = "vboxmanage"
 
     def __init__(
         self, lab: str, *, executable: str = "VBoxManage", nic: int = 1,
-        profile: Profile | None = None,
+        profile: Profile | None = None, why: str = "chosen by the caller",
     ) -> None:  # fmt: skip
         self.lab = lab
+        self.why = why
         self.executable = executable
         self.nic = nic
         self._profile = profile
@@ -158,7 +195,7 @@ class VBoxManageHypervisor:
         if info is None:
             return Machine(name, MachineState.ABSENT)
         managed = self._extradata(name, TAG_KEY) == self.lab
-        return Machine(name, self._state(name, info), None, managed)
+        return Machine(name, self._state(name, info), None, managed, nics_from_info(info))
 
     def list(self) -> list[Machine]:
         """Every registered VM tagged with this lab's name."""
@@ -172,7 +209,8 @@ class VBoxManageHypervisor:
                 continue
             info = self._info(vm_name)
             if info is not None:  # unregistered in between
-                machines.append(Machine(vm_name, self._state(vm_name, info), None, True))
+                state = self._state(vm_name, info)
+                machines.append(Machine(vm_name, state, None, True, nics_from_info(info)))
         return machines
 
     def clone(self, source: str, target: str, *, linked: bool = False) -> None:
@@ -222,7 +260,9 @@ class VBoxManageHypervisor:
         link = self._extradata(name, LINK_KEY)
         if link in ("on", "off") and info.get(f"cableconnected{self.nic}") != link:
             self._vbox("modifyvm", name, f"--cableconnected{self.nic}", link)
-        self._vbox("startvm", name, "--type", "headless")
+        result = self._vbox("startvm", name, "--type", "headless", check=False)
+        if result.code != 0:
+            raise start_failed(name, self._failure(result).message)
 
     def stop(self, name: str, *, hard: bool = False) -> None:
         """controlvm poweroff (hard) or acpipowerbutton (graceful; returns before the guest is
@@ -316,18 +356,24 @@ class VBoxManageHypervisor:
     # -- VirtualBoxDetails ------------------------------------------------------------------
 
     def nic_attachment(self, name: str) -> str:
-        """The lab NIC's attachment as VBoxManage names it (nat, intnet, bridged, ...)."""
-        return self._require(name).get(f"nic{self.nic}", "none")
+        """The lab NIC's attachment as modifyvm names it (nat, intnet, generic, ...)."""
+        return self._require(name).get(f"nic{self.nic}", "none").lower()
 
     def guest_additions(self, name: str) -> str | None:
         """GuestAdditionsVersion of the running guest, None when absent or not running."""
         version = self._require(name).get("GuestAdditionsVersion", "")
         return version or None
 
+    def host_report(self) -> VirtualBoxHost:
+        """VBoxManage --version, this driver and why, and whether VMs can start here."""
+        version = self._vbox("--version").stdout.strip()
+        return VirtualBoxHost(version, self.name, self.why, start_blocker())
+
 
 def from_profile(profile: Profile) -> VBoxManageHypervisor:
     """The backend for ``lab.virtualbox.driver = "vboxmanage"``."""
     settings = profile.lab.virtualbox
     return VBoxManageHypervisor(
-        profile.lab.name, executable=settings.vboxmanage, nic=settings.nic, profile=profile
-    )
+        profile.lab.name, executable=settings.vboxmanage, nic=settings.nic, profile=profile,
+        why=resolve_driver(profile)[1],
+    )  # fmt: skip

@@ -17,7 +17,7 @@ from labctl.hypervisor import get_hypervisor
 from labctl.profile import Profile
 from tests.contract.harness import ContractBackend, ContractEnv, contract_backend
 from tests.fakes.fake_virtualbox import FakeVirtualBoxApi
-from tests.fakes.install import install_vboxmanage
+from tests.fakes.install import install_vboxmanage, pretend_kernel_driver
 from tests.fakes.vbox_world import STOPPED_STATES, Vm, World, opened
 
 GUEST_USER = "labctl"
@@ -58,6 +58,7 @@ def vboxmanage_backend(env: ContractEnv) -> Iterator[ContractBackend]:
     state = env.tmp_path / "fake-virtualbox.json"
     env.monkeypatch.setenv("FAKE_VBOX_STATE", str(state))
     env.monkeypatch.setenv(GUEST_PASSWORD_ENV, GUEST_PASSWORD)
+    pretend_kernel_driver(env.monkeypatch)
     vboxmanage = install_vboxmanage(env.tmp_path / "bin")
     hypervisor = get_hypervisor(vbox_profile("vboxmanage", vboxmanage=str(vboxmanage)))
     hypervisor.check()
@@ -87,6 +88,7 @@ def pyvbox_backend(env: ContractEnv) -> Iterator[ContractBackend]:
     env.monkeypatch.setitem(sys.modules, "virtualbox", api.module)
     env.monkeypatch.setitem(sys.modules, "virtualbox.library", api.lib)
     env.monkeypatch.setenv(GUEST_PASSWORD_ENV, GUEST_PASSWORD)
+    pretend_kernel_driver(env.monkeypatch)
     hypervisor = get_hypervisor(vbox_profile("pyvbox"))
     hypervisor.check()
 

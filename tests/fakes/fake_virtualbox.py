@@ -95,6 +95,8 @@ def _library() -> types.ModuleType:
     lib.vbox_version = "6.1.16"  # type: ignore[attr-defined]
     lib.MachineState = _enum("MachineState", MACHINE_STATE_61)  # type: ignore[attr-defined]
     lib.NetworkAttachmentType = _enum("NetworkAttachmentType", ATTACHMENT)  # type: ignore[attr-defined]
+    # pyvbox's IMachine(raw) wraps a raw interface object; the fake's raw objects are its own
+    lib.IMachine = lambda raw: raw  # type: ignore[attr-defined]
     lib.LockType = _enum(  # type: ignore[attr-defined]
         "LockType",
         [("Null", "null", 0), ("Shared", "shared", 1), ("Write", "write", 2), ("VM", "vm", 3)],
@@ -255,6 +257,21 @@ class FakeIVirtualBox:
     ) -> str:
         return self._api.world.settings_file(name)
 
+    @property
+    def _i(self) -> Any:
+        """The raw IVirtualBox: createMachine with the running version's parameters."""
+        return types.SimpleNamespace(createMachine=self._raw_create_machine)
+
+    def _raw_create_machine(self, *args: Any) -> FakeMachine:
+        minor = int(self._api.world.version.split(".")[1])
+        # 7.0: + cipher, passwordId, password; 7.1: + platform architecture after the name
+        expected = 5 if self._api.major == "6" else 9 if minor >= 1 else 8
+        if len(args) != expected:
+            raise self._api.error(
+                "VBoxError", f"createMachine() takes {expected} arguments on this API"
+            )
+        return self._new_machine(str(args[0]), str(args[1]))
+
     def create_machine(
         self, settings_file: str, name: str, groups: list[str], os_type_id: str, flags: str
     ) -> FakeMachine:
@@ -262,6 +279,9 @@ class FakeIVirtualBox:
             raise self._api.error(
                 "VBoxError", "createMachine: wrong number of arguments for this API"
             )
+        return self._new_machine(settings_file, name)
+
+    def _new_machine(self, settings_file: str, name: str) -> FakeMachine:
         if name in self._api.world.machines:
             raise self._api.error(
                 "VBoxError", f"Machine settings file '{settings_file}' already exists"
@@ -296,6 +316,16 @@ class FakeAdapter:
         number = _ATTACHMENT_NUMBER[nic.attachment] if nic else 0
         return self._api.lib.NetworkAttachmentType(number)  # type: ignore[no-any-return]
 
+    # what each attachment is attached to, as the fake VBoxManage's showvminfo prints them
+    internal_network = "intnet"
+    nat_network = "NatNetwork"
+    host_only_interface = "vboxnet0"
+    bridged_interface = "eth0"
+    generic_driver = ""
+
+    def get_properties(self, names: str) -> tuple[list[str], list[str]]:
+        return [], []
+
     @property
     def cable_connected(self) -> bool:
         vm = self._vm()
@@ -322,6 +352,10 @@ class FakeMachine:
         self.name = name
         self._registered = registered
         self._pending: Vm | None = None
+        self.os_type_id = "Debian_64"
+        # the raw interface object pyvbox keeps as ``_i``: labctl calls createMachine and
+        # reads platform.architecture through it on 7.x, where pyvbox's wrappers are 6.1's
+        self._i = types.SimpleNamespace(platform=types.SimpleNamespace(architecture=1))
 
     def _vm(self) -> Vm:
         try:

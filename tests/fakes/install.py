@@ -10,6 +10,10 @@ import shlex
 import sys
 from pathlib import Path
 
+import pytest
+
+from labctl.hypervisor import vbox_common
+
 FAKE_VBOXMANAGE = Path(__file__).resolve().parent / "fake_vboxmanage.py"
 
 
@@ -21,3 +25,12 @@ def install_vboxmanage(directory: Path) -> Path:
     wrapper.write_text(f'#!/bin/sh\n# FAKE VBoxManage for tests\nexec {command} "$@"\n')
     wrapper.chmod(0o755)
     return wrapper
+
+
+def pretend_kernel_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake VirtualBox host has its kernel driver: labctl's check for it finds a device.
+
+    The machines the tests run on have no vboxdrv; without this, every fake VM start would
+    (rightly) be refused with exit 4.
+    """
+    monkeypatch.setattr(vbox_common, "KERNEL_DRIVER", Path("/dev/null"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 from labctl.errors import GuestUnreachable
-from labctl.hypervisor import ExecResult, Machine, MachineState
+from labctl.hypervisor import ExecResult, Machine, MachineState, VirtualBoxHost
 from labctl.remote import CommandFailed, Result
 
 P = ParamSpec("P")
@@ -283,12 +283,16 @@ class FakePartitioner(FakeHypervisor):
 class FakeVirtualBox(FakeHypervisor):
     attachments: dict[str, str] = field(default_factory=dict)
     additions: dict[str, str | None] = field(default_factory=dict)
+    start_blocker: str | None = None
 
     def nic_attachment(self, name: str) -> str:
         return self.attachments.get(name, "intnet")
 
     def guest_additions(self, name: str) -> str | None:
         return self.additions.get(name, "7.0.14")
+
+    def host_report(self) -> VirtualBoxHost:
+        return VirtualBoxHost("7.2.22_Debian", "fake", "a unit-test fake", self.start_blocker)
 
 
 def in_subnet(vip: str, address: str) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from labctl.cli import run
+from tests.fakes.install import pretend_kernel_driver
 
 # The seed's prod-back pair, as a user would write it for the VirtualBox lab.
 BASE_PROFILE = """\
@@ -66,3 +67,9 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
         return CliResult(code, captured.out, captured.err)
 
     return invoke
+
+
+@pytest.fixture(autouse=True)
+def _fake_virtualbox_has_its_kernel_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    # unit tests drive fake VirtualBox hosts, which have the kernel driver this machine lacks
+    pretend_kernel_driver(monkeypatch)
