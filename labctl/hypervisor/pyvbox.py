@@ -260,9 +260,11 @@ class PyVBoxHypervisor:
         try:
             with self._wrap(f"preparing clone {target}"):
                 new = self._require(target)
-                new.set_extra_data(TAG_KEY, self.lab)
-                new.set_extra_data(LINK_KEY, "off")
+                # extra data through the session's machine: on 7.x the registered machine
+                # object is immutable ("Cannot set extradata for an immutable machine")
                 with self._session(new, write=True) as session:
+                    session.machine.set_extra_data(TAG_KEY, self.lab)
+                    session.machine.set_extra_data(LINK_KEY, "off")
                     session.machine.get_network_adapter(self.nic - 1).cable_connected = False
                     session.machine.save_settings()
         except OperationFailed:
@@ -288,9 +290,12 @@ class PyVBoxHypervisor:
             return src.find_snapshot(BASE_SNAPSHOT)
         except lib.VBoxErrorObjectNotFound:
             pass
+        # live (pause=False) only on a running source, so production never pauses; a stopped
+        # one refuses a live snapshot ("Cannot take a live snapshot ... unless it is running")
+        live = self._state(src) is MachineState.RUNNING
         with self._session(src) as session:
             progress, _snapshot_id = session.machine.take_snapshot(
-                BASE_SNAPSHOT, "base of labctl's linked clones", False
+                BASE_SNAPSHOT, "base of labctl's linked clones", not live
             )
             self._check_progress(progress, f"snapshot of {src.name}")
         return src.find_snapshot(BASE_SNAPSHOT)
@@ -364,11 +369,13 @@ class PyVBoxHypervisor:
         """INetworkAdapter.cable_connected, live on a running VM; remembered for next start."""
         machine = self._require(name)
         running = self._state(machine) is not MachineState.STOPPED
-        with self._wrap(f"setting the link of {name}"):
-            machine.set_extra_data(LINK_KEY, "on" if up else "off")
-            with self._session(machine, write=not running) as session:
-                session.machine.get_network_adapter(self.nic - 1).cable_connected = up
-                session.machine.save_settings()
+        with (
+            self._wrap(f"setting the link of {name}"),
+            self._session(machine, write=not running) as session,
+        ):
+            session.machine.set_extra_data(LINK_KEY, "on" if up else "off")
+            session.machine.get_network_adapter(self.nic - 1).cable_connected = up
+            session.machine.save_settings()
 
     def exec_in_guest(self, name: str, argv: Sequence[str], *, timeout: float = 60.0) -> ExecResult:
         """IGuestSession.execute on a running VM (Guest Additions and guest credentials)."""

@@ -12,12 +12,22 @@ from pathlib import Path
 import pytest
 
 # Each import registers its backends in CONTRACT_BACKENDS (order = order of the test ids).
-from tests.contract import backends_nspawn, backends_vbox  # noqa: F401
-from tests.contract.harness import CONTRACT_BACKENDS, ContractBackend, ContractEnv
+from tests.contract import backends_nspawn, backends_vbox, backends_vbox_real  # noqa: F401
+from tests.contract.harness import CONTRACT_BACKENDS, RUNS_VMS, ContractBackend, ContractEnv
 from tests.lab.conftest import lab_env  # noqa: F401  (session lab for the nspawn backend)
+from tests.vbox.fixtures import vbox_sandbox, vbox_vms  # noqa: F401  (real VirtualBox 7.2)
 
 
-@pytest.fixture(params=list(CONTRACT_BACKENDS))
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``backend``: tests marked ``running_vm`` only over backends that run VMs."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    needs_running = metafunc.definition.get_closest_marker("running_vm") is not None
+    ids = [b for b in CONTRACT_BACKENDS if not needs_running or b in RUNS_VMS]
+    metafunc.parametrize("backend", ids, indirect=True)
+
+
+@pytest.fixture
 def backend(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[ContractBackend]:

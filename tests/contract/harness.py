@@ -95,18 +95,26 @@ class ContractBackend:
 
 BackendFactory = Callable[[ContractEnv], AbstractContextManager[ContractBackend]]
 CONTRACT_BACKENDS: dict[str, BackendFactory] = {}
+# backends whose machines can run here; tests marked ``running_vm`` use only these
+RUNS_VMS: set[str] = set()
 
 
 def contract_backend(
-    backend_id: str,
+    backend_id: str, *, runs_vms: bool = True
 ) -> Callable[[Callable[[ContractEnv], Iterator[ContractBackend]]], BackendFactory]:
-    """Register a generator factory under ``backend_id`` (the parametrized test id)."""
+    """Register a generator factory under ``backend_id`` (the parametrized test id).
+
+    ``runs_vms=False``: the backend's machines cannot run on this host (real VirtualBox without
+    its kernel driver); it takes part only in the tests not marked ``running_vm``.
+    """
 
     def register(factory: Callable[[ContractEnv], Iterator[ContractBackend]]) -> BackendFactory:
         if backend_id in CONTRACT_BACKENDS:
             raise ValueError(f"contract backend {backend_id!r} registered twice")
         wrapped = contextmanager(factory)
         CONTRACT_BACKENDS[backend_id] = wrapped
+        if runs_vms:
+            RUNS_VMS.add(backend_id)
         return wrapped
 
     return register

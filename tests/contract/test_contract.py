@@ -14,6 +14,8 @@ from labctl.hypervisor import MachineState
 from tests.contract.harness import ContractBackend, eventually
 
 SHELL = "/bin/sh"
+# the test starts a machine: only backends whose machines can run on this host take part
+running_vm = pytest.mark.running_vm
 
 
 def state(backend: ContractBackend, name: str) -> MachineState:
@@ -63,6 +65,7 @@ def test_clone_is_a_stopped_managed_copy_with_new_mac_and_cable_out(
     assert backend.link_up("prod") is True
 
 
+@running_vm
 def test_clone_of_running_source_keeps_it_running(backend: ContractBackend) -> None:
     backend.make_machine("prod")
     backend.hypervisor.start("prod")
@@ -95,6 +98,7 @@ def test_clone_onto_an_existing_machine_fails_and_keeps_it(backend: ContractBack
     assert backend.mac_of("taken") == taken_mac
 
 
+@running_vm
 def test_start_pause_resume(backend: ContractBackend) -> None:
     backend.make_machine("prod")
     hv = backend.hypervisor
@@ -113,6 +117,7 @@ def test_start_of_missing_machine_fails(backend: ContractBackend) -> None:
     assert failure.value.exit_code == EXIT_FAILED
 
 
+@running_vm
 def test_link_down_keeps_the_machine_running(backend: ContractBackend) -> None:
     backend.make_machine("prod")
     hv = backend.hypervisor
@@ -128,6 +133,7 @@ def test_link_down_keeps_the_machine_running(backend: ContractBackend) -> None:
     assert backend.link_up("prod") is True
 
 
+@running_vm
 def test_link_state_is_remembered_for_the_next_start(backend: ContractBackend) -> None:
     backend.make_machine("prod")
     hv = backend.hypervisor
@@ -146,6 +152,7 @@ def test_link_state_is_remembered_for_the_next_start(backend: ContractBackend) -
     assert backend.link_up("prod") is True
 
 
+@running_vm
 def test_the_clone_boots_with_its_cable_out(backend: ContractBackend) -> None:
     backend.make_machine("prod")
     backend.hypervisor.clone("prod", "standby")
@@ -156,6 +163,7 @@ def test_the_clone_boots_with_its_cable_out(backend: ContractBackend) -> None:
     assert backend.link_up("standby") is False
 
 
+@running_vm
 @pytest.mark.parametrize("hard", [False, True], ids=["graceful", "hard"])
 def test_stop(backend: ContractBackend, hard: bool) -> None:
     backend.make_machine("prod")
@@ -172,6 +180,7 @@ def test_stop_of_a_stopped_machine_changes_nothing(backend: ContractBackend) -> 
     assert state(backend, "prod") is MachineState.STOPPED
 
 
+@running_vm
 def test_destroy_removes_a_running_clone(backend: ContractBackend) -> None:
     backend.make_machine("prod")
     hv = backend.hypervisor
@@ -186,6 +195,7 @@ def test_destroy_removes_a_running_clone(backend: ContractBackend) -> None:
     assert state(backend, "prod") is MachineState.STOPPED
 
 
+@running_vm
 def test_destroy_never_removes_a_machine_labctl_did_not_create(backend: ContractBackend) -> None:
     backend.make_foreign("foreign")
     hv = backend.hypervisor
@@ -204,6 +214,7 @@ def test_destroy_never_removes_a_machine_labctl_did_not_create(backend: Contract
     assert backend.exists("foreign")
 
 
+@running_vm
 @pytest.mark.parametrize("exit_code", [0, 3])
 def test_exec_in_guest_returns_exit_code_and_output(
     backend: ContractBackend, exit_code: int
@@ -216,3 +227,32 @@ def test_exec_in_guest_returns_exit_code_and_output(
 
     assert (result.exit_code, result.stdout, result.stderr) == (exit_code, "out\n", "err\n")
     assert result.argv == tuple(argv)
+
+
+def test_destroy_removes_a_stopped_clone_and_keeps_its_source(backend: ContractBackend) -> None:
+    backend.make_machine("prod")
+    hv = backend.hypervisor
+    listed_before = managed_names(backend)
+    hv.clone("prod", "standby", linked=True)
+
+    hv.destroy("standby")
+
+    assert state(backend, "standby") is MachineState.ABSENT
+    assert not backend.exists("standby")
+    assert managed_names(backend) == listed_before
+    assert state(backend, "prod") is MachineState.STOPPED
+
+
+def test_destroy_refuses_a_stopped_machine_labctl_did_not_create(
+    backend: ContractBackend,
+) -> None:
+    backend.make_foreign("foreign")
+    hv = backend.hypervisor
+    if hv.inspect("foreign").state is MachineState.ABSENT:
+        hv.destroy("foreign")  # a backend that sees only its own lab's machines
+    else:
+        with pytest.raises(LabctlError) as failure:
+            hv.destroy("foreign")
+        assert failure.value.exit_code == EXIT_FAILED
+        assert "foreign" in failure.value.message
+    assert backend.exists("foreign")

@@ -352,6 +352,7 @@ class FakeMachine:
         self.name = name
         self._registered = registered
         self._pending: Vm | None = None
+        self._mutable = False
         self.os_type_id = "Debian_64"
         # the raw interface object pyvbox keeps as ``_i``: labctl calls createMachine and
         # reads platform.architecture through it on 7.x, where pyvbox's wrappers are 6.1's
@@ -380,6 +381,11 @@ class FakeMachine:
         return self._vm().extradata.get(key, "")
 
     def set_extra_data(self, key: str, value: str) -> None:
+        if not self._mutable and self._api.major != "6":
+            # real 7.2: setExtraData on the registered machine object, without a session
+            raise self._api.error(
+                "VBoxErrorInvalidVmState", "Cannot set extradata for an immutable machine"
+            )
         try:
             self._api.world.set_extradata(self.name, key, value or None)
         except Injected as exc:
@@ -396,6 +402,12 @@ class FakeMachine:
         return FakeSnapshot(self, name_or_id)
 
     def take_snapshot(self, name: str, description: str, pause: bool) -> tuple[FakeProgress, str]:
+        if not pause and self._vm().state in STOPPED_STATES:
+            # real 7.2 (pause=False asks for a live snapshot)
+            raise self._api.error(
+                "VBoxErrorInvalidVmState",
+                "Cannot take a live snapshot of a virtual machine unless it is running.",
+            )
         try:
             self._api.world.take_snapshot(self.name, name)
         except Injected as exc:
@@ -459,7 +471,10 @@ class FakeSession:
     @property
     def machine(self) -> FakeMachine:
         assert self._machine is not None, "session not locked"
-        return self._machine
+        # the session's machine is the mutable one (IMachine of ISession.machine)
+        mutable = FakeMachine(self._api, self._machine.name)
+        mutable._mutable = True
+        return mutable
 
     @property
     def console(self) -> FakeConsole:

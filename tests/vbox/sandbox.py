@@ -1,0 +1,391 @@
+"""A VirtualBox host sandbox: Debian's VirtualBox 7.2 in a cached Debian sid root.
+
+Test harness, not product code: labctl reaches the sandbox only through what a user configures
+(``lab.virtualbox.vboxmanage`` = the run's VBoxManage wrapper) or, for the pyvbox driver, by
+running inside the sandbox's own Python (3.14, with Debian's vboxapi and pyvbox), because the
+VirtualBox SDK binding exists only there.
+
+* **The build** (``ensure_sandbox``) is cached under ``$LABCTL_VBOX_CACHE`` (default
+  ``/var/cache/labctl/vbox-sandbox``), one directory per recipe hash: debootstrap minbase of
+  sid (main, contrib) from the host's own Debian mirror, then ``apt-get install
+  --no-install-recommends`` VirtualBox (``virtualbox-source`` stands in for the kernel module
+  package: nothing is compiled, there is no driver), labctl's runtime dependencies from Debian
+  and pyvbox from PyPI. It is built in a staging directory and renamed into place only when
+  complete (a failed build leaves nothing; concurrent builds are serialised by a lock; a build
+  is never modified once in place, so a new recipe never breaks a running user).
+* **A run** (``SandboxRun``) is an overlay on the cached root, private to one test session:
+  its own ``/tmp`` (VBoxSVC's IPC socket lives there, so two runs never share a VBoxSVC), its own
+  ``VBOX_USER_HOME`` (``/vbox-home``, machine folder included), /proc, /dev and /sys inside, and
+  the repository bind-mounted read-only at ``/labctl-src``. ``close()`` ends every process whose
+  root is the overlay (VBoxSVC, VBoxXPCOMIPCD, ...) by PID and removes every mount and file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labctl.hypervisor.nspawn_image import host_mirror
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE_VERSION = 1
+SUITE = "sid"
+PACKAGES = (
+    "virtualbox",
+    "virtualbox-source",
+    "python3",
+    "python3-click",
+    "python3-paramiko",
+    "python3-tenacity",
+    "python3-jinja2",
+    "python3-pydantic",
+    "python3-rich",
+)
+PYVBOX = "virtualbox==2.1.1"
+VBOXMANAGE = "/usr/lib/virtualbox/VBoxManage"  # /usr/bin/VBoxManage prints a driver banner
+VBOX_HOME = "/vbox-home"
+SRC = "/labctl-src"
+DEFAULT_CACHE = "/var/cache/labctl/vbox-sandbox"
+RUNS = Path("/var/tmp/labctl-vbox-runs")
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be built or set up (the tier fails, it never skips)."""
+
+
+def recipe() -> dict[str, object]:
+    """Everything that decides the sandbox's content (the mirror does not)."""
+    return {
+        "version": RECIPE_VERSION,
+        "suite": SUITE,
+        "components": "main,contrib",
+        "packages": list(PACKAGES),
+        "pyvbox": PYVBOX,
+    }
+
+
+def recipe_hash() -> str:
+    return hashlib.sha256(json.dumps(recipe(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LABCTL_VBOX_CACHE") or DEFAULT_CACHE)
+
+
+@dataclass(frozen=True)
+class Build:
+    """A finished sandbox build: ``root`` is the sid tree, ``seconds`` what building took
+    (0 when it was cached)."""
+
+    root: Path
+    seconds: float
+    built: bool
+
+
+def ensure_sandbox(log: Path | None = None) -> Build:
+    """The cached sandbox for the current recipe, built first if missing."""
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    final = cache / f"{SUITE}-{recipe_hash()}"
+    if (final / "recipe.json").is_file():
+        return Build(final / "root", 0.0, False)
+    with open(cache / ".lock", "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        if (final / "recipe.json").is_file():  # another run built it meanwhile
+            return Build(final / "root", 0.0, False)
+        started = time.monotonic()
+        staging = cache / f".build-{recipe_hash()}-{uuid.uuid4().hex[:6]}"
+        try:
+            _build(staging, log or staging.with_suffix(".log"))
+            staging.rename(final)
+        except BaseException:
+            _unmount_below(staging)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return Build(final / "root", time.monotonic() - started, True)
+
+
+def _build(staging: Path, log: Path) -> None:
+    root = staging / "root"
+    staging.mkdir(parents=True)
+    mirror = host_mirror()
+    with open(log, "a") as out:
+
+        def run(argv: Sequence[str], what: str) -> None:
+            out.write(f"$ {shlex.join(argv)}\n")
+            out.flush()
+            done = subprocess.run(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+            if done.returncode != 0:
+                tail = log.read_text(errors="replace").splitlines()[-5:]
+                raise SandboxError(
+                    f"VirtualBox sandbox: {what} failed (exit {done.returncode}): "
+                    + " | ".join(tail)
+                )
+
+        run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--components=main,contrib",
+                SUITE,
+                str(root),
+                mirror,
+            ],
+            "debootstrap sid",
+        )
+        # the archive is a dated snapshot: its Release file has expired
+        (root / "etc/apt/apt.conf.d/99labctl-snapshot").write_text(
+            'Acquire::Check-Valid-Until "false";\n'
+        )
+        # no service may start inside the sandbox while packages install
+        policy = root / "usr/sbin/policy-rc.d"
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+        with _mounted_system(root):
+            install = (
+                "export DEBIAN_FRONTEND=noninteractive; apt-get update -q && "
+                f"apt-get install -y -q --no-install-recommends {' '.join(PACKAGES)} && "
+                "apt-get clean"
+            )
+            run(["chroot", str(root), "/bin/sh", "-c", install], "apt-get install VirtualBox")
+        wheels = staging / "wheels"
+        run(
+            [
+                "python3",
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+                str(wheels),
+                PYVBOX,
+            ],
+            "pip download pyvbox",
+        )
+        site = _site_packages(root)
+        for wheel in wheels.glob("*.whl"):  # pure Python: a wheel is a zip of site-packages
+            run(["python3", "-m", "zipfile", "-e", str(wheel), str(site)], "unpack pyvbox")
+        shutil.rmtree(wheels)
+        check = "import vboxapi, virtualbox, pydantic, paramiko, click, tenacity, jinja2, rich"
+        run(["chroot", str(root), "python3", "-c", check], "import check")
+        (staging / "recipe.json").write_text(
+            json.dumps({**recipe(), "mirror": mirror, "built": time.time()}, indent=2) + "\n"
+        )
+
+
+def _site_packages(root: Path) -> Path:
+    versions = sorted((root / "usr/lib").glob("python3.*"))
+    if not versions:
+        raise SandboxError("VirtualBox sandbox: no python3 in the sid root")
+    site = root / "usr/local/lib" / versions[-1].name / "dist-packages"
+    site.mkdir(parents=True, exist_ok=True)
+    return site
+
+
+@contextlib.contextmanager
+def _mounted_system(root: Path):  # type: ignore[no-untyped-def]
+    mounted: list[Path] = []
+    try:
+        for what in ("proc", "sys", "dev"):
+            target = root / what
+            target.mkdir(exist_ok=True)
+            _mount(["--rbind", f"/{what}", str(target)])
+            _mount(["--make-rslave", str(target)])
+            mounted.append(target)
+        yield
+    finally:
+        for target in reversed(mounted):
+            _umount(target)
+
+
+def _mount(args: Sequence[str]) -> None:
+    done = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SandboxError(f"mount {' '.join(args)}: {done.stderr.strip()}")
+
+
+def _umount(target: Path) -> None:
+    done = subprocess.run(["umount", "-R", str(target)], capture_output=True, text=True)
+    if done.returncode != 0:
+        subprocess.run(["umount", "-R", "-l", str(target)], capture_output=True)
+
+
+def _mounts_below(path: Path) -> list[str]:
+    prefix = str(path).rstrip("/") + "/"
+    found = []
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            point = line.split()[1].replace("\\040", " ")
+            if point == str(path) or point.startswith(prefix):
+                found.append(point)
+    return found
+
+
+def _unmount_below(path: Path) -> None:
+    for point in sorted(_mounts_below(path), key=len, reverse=True):
+        _umount(Path(point))
+
+
+def processes_in(root: Path) -> list[int]:
+    """PIDs of every process whose root directory is ``root`` (or below it)."""
+    pids = []
+    want = str(root)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            their_root = os.readlink(proc / "root")
+            if their_root == want or their_root.startswith(want + "/"):
+                pids.append(int(proc.name))
+    return pids
+
+
+@dataclass
+class SandboxRun:
+    """One test session's VirtualBox host: an overlay on the cached build (see module doc).
+
+    Attributes:
+        root: the merged root the VirtualBox processes run in.
+        vboxmanage: host path of the run's VBoxManage wrapper (for ``lab.virtualbox.vboxmanage``).
+        version: ``VBoxManage --version`` of the sandbox.
+    """
+
+    build: Build
+    base: Path
+    root: Path = field(init=False)
+    vboxmanage: Path = field(init=False)
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        self.root = self.base / "merged"
+        self.vboxmanage = self.base / "bin" / "VBoxManage"
+
+    @classmethod
+    def open(cls, build: Build) -> SandboxRun:
+        RUNS.mkdir(parents=True, exist_ok=True)
+        run = cls(build, Path(tempfile.mkdtemp(prefix="run-", dir=RUNS)))
+        try:
+            run._setup()
+        except BaseException:
+            run.close()
+            raise
+        return run
+
+    def _setup(self) -> None:
+        upper, work = self.base / "upper", self.base / "work"
+        for d in (upper, work, self.root, self.vboxmanage.parent):
+            d.mkdir(parents=True)
+        _mount(
+            [
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={self.build.root},upperdir={upper},workdir={work}",
+                str(self.root),
+            ]
+        )
+        for what in ("proc", "sys", "dev"):
+            _mount(["--rbind", f"/{what}", str(self.root / what)])
+            _mount(["--make-rslave", str(self.root / what)])
+        (self.root / SRC.lstrip("/")).mkdir()
+        _mount(["--bind", str(REPO), str(self.root / SRC.lstrip("/"))])
+        _mount(["-o", "remount,bind,ro", str(self.root / SRC.lstrip("/"))])
+        (self.root / VBOX_HOME.lstrip("/")).mkdir()
+        self.vboxmanage.write_text(
+            "#!/bin/sh\n"
+            "# labctl test harness: the real VBoxManage of the VirtualBox sandbox\n"
+            f"exec chroot {shlex.quote(str(self.root))} /usr/bin/env -i PATH={_PATH} "
+            f'HOME=/root VBOX_USER_HOME={VBOX_HOME} {VBOXMANAGE} "$@"\n'
+        )
+        self.vboxmanage.chmod(0o755)
+        self.version = self.manage("--version").stdout.strip()
+        self.manage("setproperty", "machinefolder", f"{VBOX_HOME}/machines")
+
+    # -- running things inside ------------------------------------------------------------
+
+    def env(self) -> list[str]:
+        return [
+            "/usr/bin/env",
+            "-i",
+            f"PATH={_PATH}",
+            "HOME=/root",
+            f"VBOX_USER_HOME={VBOX_HOME}",
+            f"PYTHONPATH={SRC}",
+            "PYTHONDONTWRITEBYTECODE=1",
+        ]
+
+    def argv(self, *argv: str) -> list[str]:
+        """argv to run ``argv`` inside the sandbox with the run's VirtualBox environment."""
+        return ["chroot", str(self.root), *self.env(), *argv]
+
+    def run(
+        self, *argv: str, check: bool = True, timeout: float = 300, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            self.argv(*argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+        if check and done.returncode != 0:
+            raise SandboxError(
+                f"in the sandbox: {shlex.join(argv)} -> exit {done.returncode}: "
+                f"{done.stderr.strip()[-800:]}"
+            )
+        return done
+
+    def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """The real VBoxManage (not through labctl)."""
+        return self.run(VBOXMANAGE, *args, check=check)
+
+    def labctl(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """labctl's own CLI, run by the sandbox's Python (where vboxapi and pyvbox exist)."""
+        return self.run("python3", "-m", "labctl", *args, check=False, timeout=timeout)
+
+    def host_path(self, inside: str) -> Path:
+        """Where a path of the sandbox is seen from the host."""
+        return self.root / inside.lstrip("/")
+
+    def inside_path(self, host: Path) -> str:
+        """The sandbox path of a host path below the merged root."""
+        return "/" + str(host.relative_to(self.root))
+
+    # -- teardown ---------------------------------------------------------------------------
+
+    def stop_processes(self) -> None:
+        """End VBoxSVC and every other process of this run by PID (TERM, then KILL)."""
+        deadline = time.monotonic() + 10
+        sig = signal.SIGTERM
+        while pids := processes_in(self.root):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            if time.monotonic() > deadline:
+                sig = signal.SIGKILL
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.stop_processes()
+        _unmount_below(self.root)
+        shutil.rmtree(self.base, ignore_errors=True)
