@@ -229,8 +229,7 @@ class SshRemote:
             code = chan.recv_exit_status()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise GuestUnreachable(
-                f"{self.name}: SSH connection lost while running `{command}`: "
-                f"{describe_error(exc)}"
+                f"{self.name}: SSH connection lost while running `{command}`: {describe_error(exc)}"
             ) from exc
         finally:
             chan.close()
@@ -241,9 +240,7 @@ class SshRemote:
     ) -> tuple[Result, bytes]:
         argv = tuple(argv)
         code, out, err = self._exec(self._wire(argv), timeout or self.command_timeout, stdin)
-        result = Result(
-            argv, code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-        )
+        result = Result(argv, code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
         if self.sudo and code == 1 and any(m in result.stderr for m in _SUDO_PASSWORD_MARKERS):
             raise SudoPasswordRequired(self.endpoint)
         return result, out

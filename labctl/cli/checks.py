@@ -279,5 +279,3 @@ def doctor_cmd(state: State, as_json: bool) -> None:
 
 
 # (end of checks section)
-
-

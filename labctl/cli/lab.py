@@ -97,21 +97,30 @@ def lab_status(state: State, as_json: bool) -> None:
     """Every machine of the lab: role, state (absent/stopped/running/paused), address.
 
     --json: {"lab": NAME, "backend": NAME, "machines": [{"machine", "role", "state",
-    "address", "managed"}]}.
+    "address", "managed"}], "virtualbox": {"version", "driver", "why", "vms_can_start",
+    "start_blocker"} (VirtualBox labs only)}.
     """
+    from labctl.hypervisor import VirtualBoxDetails
     from labctl.ops import lab as lab_ops
 
     prof = state.profile()
-    rows = lab_ops.status(prof, _lab_hypervisor(prof))
+    hv = _lab_hypervisor(prof)
+    rows = lab_ops.status(prof, hv)
+    host = hv.host_report() if isinstance(hv, VirtualBoxDetails) else None
     if as_json:
-        emit_json(
-            {
-                "lab": prof.lab.name,
-                "backend": prof.lab.backend,
-                "machines": [r.to_json() for r in rows],
-            }
-        )
+        doc: dict[str, object] = {
+            "lab": prof.lab.name,
+            "backend": prof.lab.backend,
+            "machines": [r.to_json() for r in rows],
+        }
+        if host is not None:
+            doc["virtualbox"] = host.to_json()
+        emit_json(doc)
     else:
+        if host is not None:
+            click.echo(f"VirtualBox {host.version} via {host.driver} ({host.why})")
+            if host.start_blocker is not None:
+                click.echo(f"warning: {host.start_blocker}")
         _status_rows(rows)
 
 
@@ -155,5 +164,3 @@ def lab_clone(state: State, production: str, linked: bool, force: bool, as_json:
 
 
 # (end of lab lifecycle section)
-
-

@@ -96,11 +96,23 @@ def _render_provision(report: ProvisionReport, secrets: list[str]) -> None:
         for node in pair.nodes:
             detail = ", ".join(node.planned) if report.dry_run else (node.error or "")
             rows.append(
-                [pair.pair, node.node, node.role, node.status,
-                 "-" if report.dry_run else node.service, ka.mask(detail, secrets) or "-"]
+                [
+                    pair.pair,
+                    node.node,
+                    node.role,
+                    node.status,
+                    "-" if report.dry_run else node.service,
+                    ka.mask(detail, secrets) or "-",
+                ]
             )
-    headers = ["pair", "node", "role", "status", "keepalived", "would do" if report.dry_run
-               else "error"]
+    headers = [
+        "pair",
+        "node",
+        "role",
+        "status",
+        "keepalived",
+        "would do" if report.dry_run else "error",
+    ]
     emit_table(headers, rows, title="dry run: nothing was changed" if report.dry_run else "")
     if report.dry_run:
         return
@@ -111,6 +123,5 @@ def _render_provision(report: ProvisionReport, secrets: list[str]) -> None:
             line += f" ({ka.mask(pair.error, secrets)})"
         click.echo(line)
 
+
 # (end of provisioning section)
-
-

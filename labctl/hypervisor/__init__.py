@@ -168,6 +168,15 @@ class VirtualBoxHost:
     why: str
     start_blocker: str | None
 
+    def to_json(self) -> dict[str, object]:
+        return {
+            "version": self.version,
+            "driver": self.driver,
+            "why": self.why,
+            "vms_can_start": self.start_blocker is None,
+            "start_blocker": self.start_blocker,
+        }
+
 
 def require_startable(hv: Hypervisor) -> None:
     """Raise BackendUnavailable (exit 4) before anything is made when VMs cannot start here."""

@@ -26,7 +26,10 @@ from labctl.hypervisor.vbox_common import (
     BASE_SNAPSHOT,
     LINK_KEY,
     TAG_KEY,
+    MediumFacts,
+    disks_used_elsewhere,
     guest_credentials,
+    refuse_if_disks_used_elsewhere,
     resolve_driver,
     start_blocker,
     start_failed,
@@ -415,9 +418,32 @@ class PyVBoxHypervisor:
                 f"refusing to destroy {name}: labctl did not create it for lab {self.lab!r} "
                 f"(extra data {TAG_KEY} is {tag or None!r})"
             )
+        with self._wrap(f"reading the disks of {name}"):
+            attached = [
+                str(a.medium.id_p) for a in machine.medium_attachments if a.medium is not None
+            ]
+            in_use = disks_used_elsewhere(str(machine.id_p), attached, self._medium)
+        refuse_if_disks_used_elsewhere(name, in_use)
         if self._state(machine) is not MachineState.STOPPED:
             self._on_console(name, "powering off", lambda console: console.power_down())
         self._delete(name)
+
+    def _medium(self, uuid: str) -> MediumFacts:
+        vbox, lib = self._vbox(), self._lib()
+        medium = vbox.open_medium(uuid, lib.DeviceType.hard_disk, lib.AccessMode.read_only, False)
+        users = []
+        for machine_id in medium.machine_ids:
+            users.append((str(machine_id), str(vbox.find_machine(machine_id).name)))
+        own = str(medium.id_p)
+        # pyvbox wraps a base disk's null parent in an object that fails on use: ask base
+        is_base = str(medium.base.id_p) == own
+        return MediumFacts(
+            uuid=own,
+            location=str(medium.location),
+            users=tuple(users),
+            parent=None if is_base else str(medium.parent.id_p),
+            children=tuple(str(child.id_p) for child in medium.children),
+        )
 
     # -- VirtualBoxDetails ------------------------------------------------------------------
 

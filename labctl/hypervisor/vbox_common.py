@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from labctl.errors import BackendUnavailable, LabctlError, OperationFailed, ProfileError
@@ -116,3 +118,65 @@ def resolve_driver(profile: Profile) -> tuple[str, str]:
     if missing:
         return "vboxmanage", f"driver = auto: {' and '.join(missing)} not importable here"
     return "pyvbox", "driver = auto: vboxapi and pyvbox import here"
+
+
+@dataclass(frozen=True)
+class MediumFacts:
+    """One disk image as VirtualBox's media registry describes it.
+
+    Attributes:
+        uuid: the medium's UUID.
+        location: its file.
+        users: (uuid, name) of every VM using it, in its current state or a snapshot.
+        parent: the UUID of the medium it is a differencing image of, or None for a base disk.
+        children: UUIDs of the differencing images made on top of it.
+    """
+
+    uuid: str
+    location: str
+    users: tuple[tuple[str, str], ...]
+    parent: str | None
+    children: tuple[str, ...]
+
+
+def disks_used_elsewhere(
+    vm_uuid: str, attached: list[str], facts: Callable[[str], MediumFacts]
+) -> list[tuple[MediumFacts, list[str]]]:
+    """Disks of the VM that another VM depends on: (disk, names of those VMs).
+
+    Walks every disk only this VM uses (its attached disks, their snapshot ancestors and
+    children) and reports those with a child another VM uses (a linked clone made from it):
+    deleting such a VM cannot delete its disks, and VirtualBox would unregister it anyway.
+    """
+    found: list[tuple[MediumFacts, list[str]]] = []
+    todo, seen = list(attached), set()
+    while todo:
+        medium = facts(todo.pop())
+        if medium.uuid in seen or any(user != vm_uuid for user, _ in medium.users):
+            continue  # a disk another VM also uses (production's, below a linked clone)
+        seen.add(medium.uuid)
+        others: list[str] = []
+        for child_uuid in medium.children:
+            child = facts(child_uuid)
+            names = [name for user, name in child.users if user != vm_uuid]
+            if names:
+                others.extend(names)
+            else:
+                todo.append(child_uuid)
+        if others:
+            found.append((medium, sorted(set(others))))
+        if medium.parent is not None:
+            todo.append(medium.parent)
+    return found
+
+
+def refuse_if_disks_used_elsewhere(name: str, in_use: list[tuple[MediumFacts, list[str]]]) -> None:
+    """OperationFailed naming the first disk another VM depends on; nothing was changed."""
+    if not in_use:
+        return
+    disk, users = in_use[0]
+    raise OperationFailed(
+        f"refusing to destroy {name}: its disk {disk.location} is the base of "
+        f"{', '.join(users)} (a linked clone made from it); nothing was changed",
+        hint=f"destroy {', '.join(users)} first, or make it a full clone of its own",
+    )

@@ -36,7 +36,7 @@ _STATES_7: Mapping[int, str] = {
 
 # INetworkAdapter.attachmentType, named as VBoxManage's modifyvm --nicN names it.
 _ATTACHMENTS_6_1: Mapping[int, str] = {
-    0: "none", 1: "nat", 2: "bridged", 3: "intnet", 4: "hostonly", 5: "generic",
+    0: "null", 1: "nat", 2: "bridged", 3: "intnet", 4: "hostonly", 5: "generic",
     6: "natnetwork", 7: "cloud",
 }  # fmt: skip
 _ATTACHMENTS_7: Mapping[int, str] = {**_ATTACHMENTS_6_1, 8: "hostonlynet"}

@@ -7,6 +7,7 @@ retries. Failures become OperationFailed carrying VBoxManage's own error lines.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +20,10 @@ from labctl.hypervisor.vbox_common import (
     BASE_SNAPSHOT,
     LINK_KEY,
     TAG_KEY,
+    MediumFacts,
+    disks_used_elsewhere,
     guest_credentials,
+    refuse_if_disks_used_elsewhere,
     resolve_driver,
     start_blocker,
     start_failed,
@@ -70,11 +74,42 @@ def nics_from_info(info: dict[str, str]) -> tuple[Nic, ...]:
                     mac=info.get(f"macaddress{slot}", ""),
                     cable=info.get(f"cableconnected{slot}") == "on",
                     driver=info.get(f"generic{slot}") if attachment == "generic" else None,
-                    network=info.get(key) if key is not None else None,
+                    network=info.get(f"{key}{slot}") if key is not None else None,
                 )
             )
         slot += 1
     return tuple(nics)
+
+
+def parse_mediuminfo(text: str) -> MediumFacts:
+    """Parse ``showmediuminfo disk UUID``: UUID, Location, Parent UUID, In use by VMs, Child UUIDs.
+
+    Multi-valued fields continue on indented lines; a user line reads
+    ``NAME (UUID: U)`` optionally followed by ``[SNAPSHOT (UUID: S)]``.
+    """
+    fields: dict[str, list[str]] = {}
+    key = ""
+    for line in text.splitlines():
+        if not line.strip() or "%..." in line:
+            continue
+        if line[0].isspace() and key:
+            fields[key].append(line.strip())
+            continue
+        key, _, value = line.partition(":")
+        fields[key] = [value.strip()]
+    users = []
+    for entry in fields.get("In use by VMs", []):
+        m = re.match(r"^(.*?) \(UUID: ([0-9a-fA-F-]+)\)", entry)
+        if m:
+            users.append((m.group(2), m.group(1)))
+    parent = (fields.get("Parent UUID") or ["base"])[0]
+    return MediumFacts(
+        uuid=(fields.get("UUID") or [""])[0],
+        location=(fields.get("Location") or [""])[0],
+        users=tuple(users),
+        parent=None if parent == "base" else parent,
+        children=tuple(c for c in fields.get("Child UUIDs", []) if c),
+    )
 
 
 def parse_machinereadable(text: str) -> dict[str, str]:
@@ -349,9 +384,16 @@ class VBoxManageHypervisor:
                 f"refusing to destroy {name}: labctl did not create it for lab {self.lab!r} "
                 f"(extra data {TAG_KEY} is {tag!r})"
             )
+        attached = [v for k, v in info.items() if "-ImageUUID-" in k]
+        refuse_if_disks_used_elsewhere(
+            name, disks_used_elsewhere(info.get("UUID", ""), attached, self._medium)
+        )
         if self._state(name, info) is not MachineState.STOPPED:
             self._vbox("controlvm", name, "poweroff")
         self._vbox("unregistervm", name, "--delete")
+
+    def _medium(self, uuid: str) -> MediumFacts:
+        return parse_mediuminfo(self._vbox("showmediuminfo", "disk", uuid).stdout)
 
     # -- VirtualBoxDetails ------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from tenacity import (
 )
 
 from labctl.errors import GuestUnreachable, OperationFailed
-from labctl.hypervisor import Hypervisor, MachineState
+from labctl.hypervisor import Hypervisor, MachineState, require_startable
 from labctl.ops.lab import Probe, Sleep, apply_identity, forget_host_keys, ssh_banner, wait_for_ssh
 from labctl.profile import Profile, host_ip
 
@@ -89,6 +89,7 @@ def clone(
     pair = profile.pairs[pair_name]
     standby, address = pair.standby, pair.standby_address
     hv.check()
+    require_startable(hv)  # the standby must boot: refuse before anything is made
 
     def result(created: bool, message: str) -> CloneResult:
         return CloneResult(pair_name, production, standby, address, linked, created, message)

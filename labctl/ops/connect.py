@@ -249,7 +249,12 @@ def connect_all(
         LabctlError: the first other failure (authentication, host key, sudo).
     """
     results = connect_each(
-        profile, nodes, deadline=deadline, sleep=sleep, clock=clock, host_keys=host_keys,
+        profile,
+        nodes,
+        deadline=deadline,
+        sleep=sleep,
+        clock=clock,
+        host_keys=host_keys,
         opener=opener,
     )
     errors = {n: r for n, r in results.items() if isinstance(r, LabctlError)}

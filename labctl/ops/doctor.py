@@ -49,7 +49,7 @@ from typing import Any
 
 from labctl import keepalived as ka
 from labctl.errors import EXIT_CHECKS, EXIT_OK, LabctlError
-from labctl.hypervisor import Hypervisor, VirtualBoxDetails
+from labctl.hypervisor import KERNEL_DRIVER_HINT, Hypervisor, VirtualBoxDetails
 from labctl.ops.verify import UNREACHABLE_ERRORS, describe_error, split_sections
 from labctl.profile import Node, Profile
 from labctl.remote import Remote
@@ -360,7 +360,22 @@ class Doctor:
             )
             return None
         self.add("lab", "backend", Status.OK, f"{hv.name} usable on this host")
+        if isinstance(hv, VirtualBoxDetails):
+            self._virtualbox_host(hv)
         return hv
+
+    def _virtualbox_host(self, hv: VirtualBoxDetails) -> None:
+        try:
+            host = hv.host_report()
+        except LabctlError as exc:
+            self.add("lab", "virtualbox", Status.WARN, f"cannot read its version: {exc.message}")
+            return
+        self.add("lab", "virtualbox", Status.OK, f"VirtualBox {host.version} via {host.driver} "
+                 f"({host.why})")  # fmt: skip
+        if host.start_blocker is None:
+            self.add("lab", "vm start", Status.OK, "VirtualBox's kernel driver is loaded")
+        else:
+            self.add("lab", "vm start", Status.FAIL, host.start_blocker, KERNEL_DRIVER_HINT)
 
     # -- machines ------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from tenacity import (
 
 from labctl import paths
 from labctl.errors import GuestUnreachable, OperationFailed
-from labctl.hypervisor import Hypervisor, MachineState
+from labctl.hypervisor import Hypervisor, MachineState, require_startable
 from labctl.hypervisor.nspawn_image import Image, ImageBuild, ensure_image
 from labctl.profile import Profile, host_ip
 from labctl.state import atomic_write, lab_lock
@@ -215,9 +215,7 @@ def ssh_banner(host: str, port: int, timeout: float) -> str:
     return banner
 
 
-def _poll_machine(
-    retry_on: type[BaseException], *, deadline: float, sleep: Sleep
-) -> Retrying:
+def _poll_machine(retry_on: type[BaseException], *, deadline: float, sleep: Sleep) -> Retrying:
     """How labctl polls a local machine: quick backoff (50 ms up to 0.5 s) until ``deadline``."""
     return Retrying(
         retry=retry_if_exception_type(retry_on),
@@ -332,6 +330,7 @@ def up(
                 f"(known: {', '.join(roles)})"
             )
     hv.check()
+    require_startable(hv)
     created: list[str] = []
     image: Image | None = None
     for name in names:

@@ -280,8 +280,9 @@ def _provision_pair(
             failed.append(NodeOutcome(node, error=shared[name]))
         elif isinstance(remote, LabctlError):
             failed.append(
-                NodeOutcome(node, error=redact(remote.message, secrets),
-                            error_code=remote.exit_code)
+                NodeOutcome(
+                    node, error=redact(remote.message, secrets), error_code=remote.exit_code
+                )
             )
         elif remote is not None:
             setups.append(NodeSetup(profile, node, remote, dry_run=dry_run))
@@ -316,9 +317,7 @@ def _provision_pair(
         for setup in setups:
             step(setup, setup.discard)
         bad = [s.name for s, ok in zip(setups, ready, strict=True) if not ok]
-        return report(
-            f"{name}: {' and '.join(bad)} failed; no config was changed on either node"
-        )
+        return report(f"{name}: {' and '.join(bad)} failed; no config was changed on either node")
     # phase 2: commit and enable both, then start/reload primary first (nodes are
     # (primary, standby))
     for setup in setups:

@@ -185,8 +185,16 @@ class NodeSetup:
         self._needs_reload = not probe.user_exists
         if not probe.user_exists and self._plan(f"create system user {ka.SCRIPT_USER}"):
             self.remote.run(
-                ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                 "--shell", "/usr/sbin/nologin", ka.SCRIPT_USER]
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--home-dir",
+                    "/nonexistent",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    ka.SCRIPT_USER,
+                ]
             )
             self.outcome.user_created = True
         self._ensure_dir(probe)
@@ -223,9 +231,18 @@ class NodeSetup:
             self.remote.run(
                 # VRRP needs none of keepalived's recommends (ipvsadm, perl via SNMP): fewer
                 # packages on production machines and a third of the install time
-                ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
-                 "--no-install-recommends", "-o", "Dpkg::Options::=--force-confold",
-                 "keepalived"]
+                [
+                    "env",
+                    "DEBIAN_FRONTEND=noninteractive",
+                    "apt-get",
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "-o",
+                    "Dpkg::Options::=--force-confold",
+                    "keepalived",
+                ]
             )
         except CommandFailed as exc:
             raise OperationFailed(
@@ -241,8 +258,9 @@ class NodeSetup:
         if mode is not None and mode[0] == 0 and not mode[1] & 0o022:
             return
         if self._plan(f"make {ka.KEEPALIVED_DIR} root-owned 0755"):
-            self.remote.run(["install", "-d", "-m", "0755", "-o", "root", "-g", "root",
-                             ka.KEEPALIVED_DIR])
+            self.remote.run(
+                ["install", "-d", "-m", "0755", "-o", "root", "-g", "root", ka.KEEPALIVED_DIR]
+            )
 
     def _probe(self, script_path: str) -> Probe:
         """One command that tells everything provisioning needs to decide (read-only)."""
@@ -280,13 +298,20 @@ class NodeSetup:
         self._candidate_written = True
         # keepalived -t on a missing file exits 0: test existence in the same shell
         result = self.remote.run(
-            ["sh", "-c", '[ -s "$1" ] || { echo "labctl: $1 is missing" >&2; exit 90; }; '
-             # not exec: when keepalived is killed, sh reports 143 (ssh alone reports no status)
-             'keepalived -t -f "$1"; exit $?', "sh", CANDIDATE_PATH],
+            [
+                "sh",
+                "-c",
+                '[ -s "$1" ] || { echo "labctl: $1 is missing" >&2; exit 90; }; '
+                # not exec: when keepalived is killed, sh reports 143 (ssh alone reports no status)
+                'keepalived -t -f "$1"; exit $?',
+                "sh",
+                CANDIDATE_PATH,
+            ],
             check=False,
         )
         problem = (
-            f"{CANDIDATE_PATH} was not written" if result.exit_code == 90
+            f"{CANDIDATE_PATH} was not written"
+            if result.exit_code == 90
             else interpret_config_test(result)
         )
         problem = problem or self._semantic_problem(conf, interface, probe)
@@ -316,8 +341,15 @@ class NodeSetup:
         if not self._candidate_written:
             return
         self.remote.run(
-            ["sh", "-c", '[ ! -e "$2" ] || cp -p -- "$2" "$3"; mv -f -- "$1" "$2"', "sh",
-             CANDIDATE_PATH, ka.CONF_PATH, BACKUP_PATH]
+            [
+                "sh",
+                "-c",
+                '[ ! -e "$2" ] || cp -p -- "$2" "$3"; mv -f -- "$1" "$2"',
+                "sh",
+                CANDIDATE_PATH,
+                ka.CONF_PATH,
+                BACKUP_PATH,
+            ]
         )
         self._candidate_written = False
 
@@ -366,8 +398,17 @@ class NodeSetup:
     def touched(self) -> bool:
         """Whether this run changed anything on the node."""
         o = self.outcome
-        return any((o.installed, o.user_created, o.script_changed, o.config_changed, o.enabled,
-                    o.started, o.reloaded))
+        return any(
+            (
+                o.installed,
+                o.user_created,
+                o.script_changed,
+                o.config_changed,
+                o.enabled,
+                o.started,
+                o.reloaded,
+            )
+        )
 
     def observe(self) -> None:
         """Record whether keepalived runs now, and its PID."""

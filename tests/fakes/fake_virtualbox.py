@@ -368,6 +368,16 @@ class FakeMachine:
             ) from None
 
     @property
+    def id_p(self) -> str:
+        return self._vm().uuid
+
+    @property
+    def medium_attachments(self) -> list[Any]:
+        # the fake models no disks: real disks (and linked-clone trees) are tested against
+        # real VirtualBox 7.2 in tests/vbox
+        return []
+
+    @property
     def state(self) -> _Enum:
         vm = self._api.world.observe(self.name)
         number = _STATE_NUMBER[self._api.major].get(vm.state, 0)

@@ -133,9 +133,7 @@ class FreshRun:
 
 
 @pytest.fixture(scope="module")
-def fresh_run(
-    lab_env: LabEnv, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FreshRun]:
+def fresh_run(lab_env: LabEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FreshRun]:
     prof = write_profile(
         lab_env, tmp_path_factory.mktemp("provision"), 1, names=[("pv-a", "pv-a-standby")]
     )
@@ -219,11 +217,10 @@ def test_priority_change_reloads_same_pid_vip_never_moves(pair: LabPair, labctl:
     assert pair.exec(pair.primary.name, ["cat", f"{CONF}.labctl-prev"]).stdout == old
 
 
-def test_config_keepalived_rejects_leaves_old_config_running(
-    pair: LabPair, labctl: Labctl
-) -> None:
-    bad = _variant(pair, lambda t: t.replace('interface = "host0"', 'interface = "nosuch0"'),
-                   "badif")
+def test_config_keepalived_rejects_leaves_old_config_running(pair: LabPair, labctl: Labctl) -> None:
+    bad = _variant(
+        pair, lambda t: t.replace('interface = "host0"', 'interface = "nosuch0"'), "badif"
+    )
     before = {n.name: pair.exec(n.name, ["cat", CONF]).stdout for n in (pair.primary, pair.standby)}
     pids = {n.name: _pid(pair, n.name) for n in (pair.primary, pair.standby)}
     result = labctl("provision", "pair", "-p", bad)
@@ -267,8 +264,13 @@ def _add_admin(pair: LabPair, sudoers: str) -> None:
 
 def test_non_root_user_with_passwordless_sudo(pair: LabPair, labctl: Labctl) -> None:
     _add_admin(pair, "labadmin ALL=(ALL) NOPASSWD: ALL")
-    as_admin = _variant(pair, lambda t: t.replace('user = "root"', 'user = "labadmin"')
-                        .replace("primary = 101", "primary = 140"), "sudo")
+    as_admin = _variant(
+        pair,
+        lambda t: t.replace('user = "root"', 'user = "labadmin"').replace(
+            "primary = 101", "primary = 140"
+        ),
+        "sudo",
+    )
     pid = _pid(pair, pair.primary.name)
     result = labctl("provision", "pair", "-p", as_admin, "--json")
     assert result.code == 0, result.err
@@ -298,8 +300,10 @@ def test_changed_host_key_is_refused(pair: LabPair, labctl: Labctl, tmp_path: Pa
     # key of that type and both fingerprints are comparable
     kind = real[0][1]
     keygen_type = {"ssh-ed25519": "ed25519", "ssh-rsa": "rsa"}.get(kind, "ecdsa")
-    subprocess.run(["ssh-keygen", "-q", "-t", keygen_type, "-N", "", "-f",
-                    str(tmp_path / "impostor")], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", keygen_type, "-N", "", "-f", str(tmp_path / "impostor")],
+        check=True,
+    )
     forged_type, forged_blob = (tmp_path / "impostor.pub").read_text().split()[:2]
     others = [ln for ln in original.splitlines() if ln.split()[:1] != [ip]]
     record.write_text("\n".join([*others, f"{ip} {forged_type} {forged_blob}"]) + "\n")
@@ -308,8 +312,9 @@ def test_changed_host_key_is_refused(pair: LabPair, labctl: Labctl, tmp_path: Pa
     finally:
         record.write_text(original)
     assert result.code == 1
-    forged_fp = fingerprint(paramiko.PKey.from_type_string(forged_type,
-                                                           base64.b64decode(forged_blob)))
+    forged_fp = fingerprint(
+        paramiko.PKey.from_type_string(forged_type, base64.b64decode(forged_blob))
+    )
     real_fp = fingerprint(paramiko.PKey.from_type_string(kind, base64.b64decode(real[0][2])))
     assert f"{pair.primary.name} ({ip}): host key changed" in result.err
     assert f"it offered {kind} {real_fp}" in result.err
@@ -323,8 +328,9 @@ def test_unreachable_machine_exits_5_within_the_deadline(
     standby_address = pair.profile.pair(pair.pair).standby_address
     lost = _variant(
         pair,
-        lambda t: t.replace(f'standby_address = "{standby_address}"',
-                            f'standby_address = "{nobody}"').replace("boot = 60", "boot = 4"),
+        lambda t: t.replace(
+            f'standby_address = "{standby_address}"', f'standby_address = "{nobody}"'
+        ).replace("boot = 60", "boot = 4"),
         "lost",
     )
     assert load(lost).timeouts.boot == 4
@@ -334,6 +340,8 @@ def test_unreachable_machine_exits_5_within_the_deadline(
     elapsed = time.monotonic() - start
     assert result.code == 5, (result.out, result.err)
     # what was tried, and for how long (the elapsed time is for the reader, not asserted)
-    assert f"{pair.standby.name} did not answer SSH within 4 s: tried " \
-        f"root@{nobody.split('/')[0]}:22" in result.err, f"after {elapsed:.1f} s"
+    assert (
+        f"{pair.standby.name} did not answer SSH within 4 s: tried "
+        f"root@{nobody.split('/')[0]}:22" in result.err
+    ), f"after {elapsed:.1f} s"
     assert _pid(pair, pair.primary.name) == pid  # its partner was left alone

@@ -87,10 +87,9 @@ class FakeMachine:
     def mutations(self) -> list[tuple[str, ...]]:
         """Commands that change the machine (everything but probes, reads and tests)."""
         readonly = ("installed=", "systemctl show", "keepalived -t", "journalctl")
-        return [
-            c for c in self.commands
-            if not any(r in " ".join(c) for r in readonly)
-        ] + [("put", w) for w in self.writes]
+        return [c for c in self.commands if not any(r in " ".join(c) for r in readonly)] + [
+            ("put", w) for w in self.writes
+        ]
 
     def _dispatch(self, argv: tuple[str, ...]) -> tuple[int, str, str]:
         joined = " ".join(argv)

@@ -77,8 +77,9 @@ def lab() -> FakeLab:
     return lab
 
 
-def _run(profile: Profile, lab: FakeLab, pairs: Sequence[str] = (), *,
-         dry_run: bool = False) -> ProvisionReport:
+def _run(
+    profile: Profile, lab: FakeLab, pairs: Sequence[str] = (), *, dry_run: bool = False
+) -> ProvisionReport:
     def connector(prof: Profile, nodes: Sequence[Node]) -> dict[str, Remote | LabctlError]:
         out: dict[str, Remote | LabctlError] = {}
         for n in nodes:
@@ -160,7 +161,8 @@ def test_rejected_config_changes_nothing_on_either_node(tmp_path: Path, lab: Fak
     before = {n: (m.files[CONF].data, m.pid) for n, m in lab.machines.items()}
     events = len(lab.events)
     lab.machines["db"].config_test = lambda data: (
-        4, "(/etc/keepalived/x: Line 14) Unknown keyword 'prioritty'\n"
+        4,
+        "(/etc/keepalived/x: Line 14) Unknown keyword 'prioritty'\n",
     )
     report = _run(_write(tmp_path, primary_prio=150), lab)
     back = next(p for p in report.pairs if p.pair == "back")
@@ -186,13 +188,17 @@ def test_bad_interface_is_rejected_with_keepalived_message(tmp_path: Path, lab: 
     assert not report.ok
     errors = [n.error or "" for n in report.pairs[0].nodes]
     assert all("interface eht0 for vrrp_instance VI_x doesn't exist" in e for e in errors)
-    assert all(m.active and b"interface eth0" in m.files[CONF].data
-               for n, m in lab.machines.items() if n.startswith("db"))
+    assert all(
+        m.active and b"interface eth0" in m.files[CONF].data
+        for n, m in lab.machines.items()
+        if n.startswith("db")
+    )
 
 
 def test_143_with_a_printed_error_is_a_rejection(tmp_path: Path, lab: FakeLab) -> None:
     lab.machines["web"].config_test = lambda data: (
-        143, "(x: Line 14) number '500' outside range [1, 255]\nTerminated\n"
+        143,
+        "(x: Line 14) number '500' outside range [1, 255]\nTerminated\n",
     )
     report = _run(_write(tmp_path), lab, ["front"])
     assert not report.ok
@@ -202,9 +208,7 @@ def test_143_with_a_printed_error_is_a_rejection(tmp_path: Path, lab: FakeLab) -
 
 
 def test_apt_failure_shows_its_stderr_tail(tmp_path: Path, lab: FakeLab) -> None:
-    lab.machines["web-standby"].apt_error = (
-        "E: Unable to locate package keepalived\n"
-    )
+    lab.machines["web-standby"].apt_error = "E: Unable to locate package keepalived\n"
     report = _run(_write(tmp_path), lab, ["front"])
     node = report.pairs[0].nodes[1]
     assert node.status == "failed"
@@ -257,7 +261,10 @@ def test_dry_run_shows_masked_diffs_and_changes_nothing(tmp_path: Path, lab: Fak
     assert report.pairs[1].nodes[0].planned == [f"write {CONF}", "reload keepalived"]
     assert report.pairs[1].nodes[1].planned == []
     assert [n.status for p in report.pairs for n in p.nodes] == [
-        "would install", "would install", "would change", "unchanged"
+        "would install",
+        "would install",
+        "would change",
+        "unchanged",
     ]
     assert web.diff.startswith(f"--- web:{CONF} (none)\n+++ web:{CONF} (labctl)\n")
     assert f"+    auth_pass {ka.MASK}\n" in web.diff
@@ -280,18 +287,32 @@ def test_json_shape(tmp_path: Path, lab: FakeLab) -> None:
     assert doc["ok"] is True and doc["dry_run"] is False and doc["notices"] == []
     (pair,) = doc["pairs"]
     assert {k: pair[k] for k in ("pair", "ok", "active_on_both", "error")} == {
-        "pair": "back", "ok": True, "active_on_both": True, "error": None
+        "pair": "back",
+        "ok": True,
+        "active_on_both": True,
+        "error": None,
     }
     assert pair["nodes"][0] == {
-        "node": "db", "role": "primary", "address": "10.249.90.12", "interface": "eth0",
-        "status": "installed", "installed": True, "user_created": True, "script_changed": False,
-        "config_changed": True, "enabled": True, "started": True, "reloaded": False,
-        "active": True, "error": None,
+        "node": "db",
+        "role": "primary",
+        "address": "10.249.90.12",
+        "interface": "eth0",
+        "status": "installed",
+        "installed": True,
+        "user_created": True,
+        "script_changed": False,
+        "config_changed": True,
+        "enabled": True,
+        "started": True,
+        "reloaded": False,
+        "active": True,
+        "error": None,
     }
 
 
-def test_unknown_pair_is_a_profile_error_before_any_connection(tmp_path: Path,
-                                                               lab: FakeLab) -> None:
+def test_unknown_pair_is_a_profile_error_before_any_connection(
+    tmp_path: Path, lab: FakeLab
+) -> None:
     with pytest.raises(ProfileError, match=r"pairs\.nope: no such pair"):
         _run(_write(tmp_path), lab, ["nope"])
     assert all(m.commands == [] for m in lab.machines.values())
@@ -307,12 +328,23 @@ def _result(code: int, err: str) -> Result:
         # outputs recorded from keepalived 2.2.7 on Debian 12
         (143, "Terminated\n", True),
         (0, "", True),
-        (5, "(/tmp/good.conf: Line 10) Unable to set default user for vrrp script chk_x - "
-            "removing\n", False),
-        (5, "(/tmp/badif.conf: Line 13) WARNING - interface nosuch0 for vrrp_instance VI_a "
-            "doesn't exist\nNon-existent interface specified in configuration\n", False),
-        (143, "(/tmp/badvrid.conf: Line 14) number '500' outside range [1, 255]\nTerminated\n",
-         False),
+        (
+            5,
+            "(/tmp/good.conf: Line 10) Unable to set default user for vrrp script chk_x - "
+            "removing\n",
+            False,
+        ),
+        (
+            5,
+            "(/tmp/badif.conf: Line 13) WARNING - interface nosuch0 for vrrp_instance VI_a "
+            "doesn't exist\nNon-existent interface specified in configuration\n",
+            False,
+        ),
+        (
+            143,
+            "(/tmp/badvrid.conf: Line 14) number '500' outside range [1, 255]\nTerminated\n",
+            False,
+        ),
         (143, "(/tmp/typo.conf: Line 15) Unknown keyword 'prioritty'\nTerminated\n", False),
         (0, "Config files missing '/tmp/missing.conf'.\n", False),
         (6, "", False),
@@ -358,17 +390,29 @@ stat 0 755 /etc/keepalived/check_heartbeat.sh
 def test_probe_reads_a_fresh_and_a_provisioned_machine() -> None:
     fresh = Probe.parse(PROBE_FRESH, script=SCRIPT, conf=CONF)
     assert (fresh.installed, fresh.user_exists, fresh.active, fresh.enabled, fresh.pid) == (
-        False, False, False, False, 0
+        False,
+        False,
+        False,
+        False,
+        0,
     )
     assert (fresh.dir_mode, fresh.script_mode, fresh.conf_sha, fresh.script_sha) == (
-        None, None, "", ""
+        None,
+        None,
+        "",
+        "",
     )
     assert [(a.ifname, str(a.interface)) for a in fresh.addrs] == [
-        ("lo", "127.0.0.1/8"), ("host0", "10.251.65.2/24")
+        ("lo", "127.0.0.1/8"),
+        ("host0", "10.251.65.2/24"),
     ]
     done = Probe.parse(PROBE_PROVISIONED, script=SCRIPT, conf=CONF)
     assert (done.installed, done.user_exists, done.active, done.enabled, done.pid) == (
-        True, True, True, True, 346
+        True,
+        True,
+        True,
+        True,
+        346,
     )
     assert (done.dir_mode, done.script_mode) == ((0, 0o755), (0, 0o755))
     assert done.conf_sha.startswith("079d9745") and done.script_sha.startswith("25d8ede1")

@@ -26,12 +26,17 @@ def lab(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeLab]:
     monkeypatch.setenv("FRONT_PASS", SECRET)
     monkeypatch.setenv("LABCTL_HOME", str(tmp_path / "home"))
     lab = FakeLab()
-    for name, address in (("web", "10.249.90.11/24"), ("web-standby", "10.249.90.21/24"),
-                          ("db", "10.249.90.12/24"), ("db-standby", "10.249.90.22/24")):
+    for name, address in (
+        ("web", "10.249.90.11/24"),
+        ("web-standby", "10.249.90.21/24"),
+        ("db", "10.249.90.12/24"),
+        ("db-standby", "10.249.90.22/24"),
+    ):
         lab.add(name, address)
 
-    def connect_each(profile: Profile, nodes: Sequence[Node],
-                     **_: object) -> dict[str, Remote | LabctlError]:
+    def connect_each(
+        profile: Profile, nodes: Sequence[Node], **_: object
+    ) -> dict[str, Remote | LabctlError]:
         return {n.name: lab.machines[n.name] for n in nodes}
 
     monkeypatch.setattr(provision_mod, "connect_each", connect_each)
@@ -40,8 +45,9 @@ def lab(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeLab]:
     yield lab
 
 
-def test_provision_prints_a_row_per_node_and_pair_state(cli: Cli, lab: FakeLab,
-                                                        tmp_path: Path) -> None:
+def test_provision_prints_a_row_per_node_and_pair_state(
+    cli: Cli, lab: FakeLab, tmp_path: Path
+) -> None:
     result = cli("provision", "pair", "back", "-p", str(tmp_path / "lab.toml"))
     assert result.code == 0, result.err
     assert result.out.splitlines() == [
@@ -59,7 +65,8 @@ def test_provision_json_and_failure_exit_code(cli: Cli, lab: FakeLab, tmp_path: 
     assert result.code == 1
     doc = json.loads(result.out)
     assert [(p["pair"], p["ok"], p["active_on_both"]) for p in doc["pairs"]] == [
-        ("front", False, False), ("back", True, True)
+        ("front", False, False),
+        ("back", True, True),
     ]
     assert result.err.splitlines()[-3:-1] == [
         "error: provisioning failed for pair(s): front",
@@ -70,8 +77,9 @@ def test_provision_json_and_failure_exit_code(cli: Cli, lab: FakeLab, tmp_path: 
     assert SECRET not in result.out + result.err
 
 
-def test_dry_run_prints_masked_diff_and_touches_nothing(cli: Cli, lab: FakeLab,
-                                                        tmp_path: Path) -> None:
+def test_dry_run_prints_masked_diff_and_touches_nothing(
+    cli: Cli, lab: FakeLab, tmp_path: Path
+) -> None:
     result = cli("provision", "pair", "back", "--dry-run", "-p", str(tmp_path / "lab.toml"))
     assert result.code == 0, result.err
     assert "+++ db:/etc/keepalived/keepalived.conf (labctl)" in result.out
@@ -81,12 +89,18 @@ def test_dry_run_prints_masked_diff_and_touches_nothing(cli: Cli, lab: FakeLab,
     assert all(m.mutations() == [] for m in lab.machines.values())
 
 
-def test_unreachable_only_exits_5(cli: Cli, lab: FakeLab, tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    def connect_each(profile: Profile, nodes: Sequence[Node],
-                     **_: object) -> dict[str, Remote | LabctlError]:
-        return {n.name: GuestUnreachable(f"{n.name} did not answer SSH within 90 s")
-                if n.name == "db-standby" else lab.machines[n.name] for n in nodes}
+def test_unreachable_only_exits_5(
+    cli: Cli, lab: FakeLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def connect_each(
+        profile: Profile, nodes: Sequence[Node], **_: object
+    ) -> dict[str, Remote | LabctlError]:
+        return {
+            n.name: GuestUnreachable(f"{n.name} did not answer SSH within 90 s")
+            if n.name == "db-standby"
+            else lab.machines[n.name]
+            for n in nodes
+        }
 
     monkeypatch.setattr(provision_mod, "connect_each", connect_each)
     result = cli("provision", "pair", "-p", str(tmp_path / "lab.toml"))
@@ -101,12 +115,14 @@ def test_unknown_pair_exits_3(cli: Cli, lab: FakeLab, tmp_path: Path) -> None:
     assert result.err.startswith("error: pairs.nope: no such pair")
 
 
-def test_first_contact_notice_on_stderr_and_in_json(cli: Cli, lab: FakeLab, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_first_contact_notice_on_stderr_and_in_json(
+    cli: Cli, lab: FakeLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key = paramiko.ECDSAKey.generate()
 
-    def connect_each(profile: Profile, nodes: Sequence[Node], *, host_keys: HostKeyStore,
-                     **_: object) -> dict[str, Remote | LabctlError]:
+    def connect_each(
+        profile: Profile, nodes: Sequence[Node], *, host_keys: HostKeyStore, **_: object
+    ) -> dict[str, Remote | LabctlError]:
         for n in nodes:  # what SshRemote.open does for a machine seen for the first time
             host_keys.check(n.name, n.ip, key)
         return {n.name: lab.machines[n.name] for n in nodes}
@@ -115,6 +131,7 @@ def test_first_contact_notice_on_stderr_and_in_json(cli: Cli, lab: FakeLab, tmp_
     result = cli("provision", "pair", "back", "--json", "-p", str(tmp_path / "lab.toml"))
     assert result.code == 0, result.err
     fp = fingerprint(key)
-    assert f"notice: db: trusting new host key ecdsa-sha2-nistp256 {fp} for 10.249.90.12" \
-        in result.err
+    assert (
+        f"notice: db: trusting new host key ecdsa-sha2-nistp256 {fp} for 10.249.90.12" in result.err
+    )
     assert len(json.loads(result.out)["notices"]) == 2

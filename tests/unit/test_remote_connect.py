@@ -88,8 +88,14 @@ class _FakeRemote:
         self.name = name
         self.closed = False
 
-    def run(self, argv: object, *, check: bool = True, timeout: float | None = None,
-            stdin: bytes | None = None) -> Result:
+    def run(
+        self,
+        argv: object,
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+    ) -> Result:
         return Result(("true",), 0, "", "")
 
     def put(self, data: bytes, path: str, *, mode: int = 0o644, owner: str = "root:root") -> None:
@@ -110,8 +116,9 @@ class _ScriptedOpener:
         self.calls: list[tuple[str, float]] = []
         self.opened: list[_FakeRemote] = []
 
-    def __call__(self, endpoint: Endpoint, *, host_keys: HostKeyStore, timeout: float,
-                 command_timeout: float) -> Remote:
+    def __call__(
+        self, endpoint: Endpoint, *, host_keys: HostKeyStore, timeout: float, command_timeout: float
+    ) -> Remote:
         self.calls.append((endpoint.name, timeout))
         errors = self.script.get(endpoint.name, [])
         if errors:
@@ -144,8 +151,14 @@ def test_connect_retries_transient_failures_then_succeeds(
     clock = _Clock()
     opener = _ScriptedOpener({"web": [ConnectFailed(_ep(), "connection refused")] * 3})
     with caplog.at_level(logging.INFO, logger="labctl.ops.connect"):
-        remote = connect(_ep(), host_keys=HostKeyStore(tmp_path / "kh"), deadline=90,
-                         sleep=clock.sleep, clock=clock, opener=opener)
+        remote = connect(
+            _ep(),
+            host_keys=HostKeyStore(tmp_path / "kh"),
+            deadline=90,
+            sleep=clock.sleep,
+            clock=clock,
+            opener=opener,
+        )
     assert remote.name == "web" and len(opener.calls) == 4
     assert len(clock.slept) == 3
     assert sum("connection refused" in r.getMessage() for r in caplog.records) == 3
@@ -155,8 +168,15 @@ def test_connect_attempt_timeout_never_exceeds_what_is_left(tmp_path: Path) -> N
     clock = _Clock()
     opener = _ScriptedOpener({"web": [ConnectFailed(_ep(), "timed out")] * 100})
     with pytest.raises(GuestUnreachable):
-        connect(_ep(), host_keys=HostKeyStore(tmp_path / "kh"), deadline=5, attempt_timeout=10,
-                sleep=clock.sleep, clock=clock, opener=opener)
+        connect(
+            _ep(),
+            host_keys=HostKeyStore(tmp_path / "kh"),
+            deadline=5,
+            attempt_timeout=10,
+            sleep=clock.sleep,
+            clock=clock,
+            opener=opener,
+        )
     assert opener.calls[0][1] == 5  # first attempt: the whole deadline, not 10 s
     assert all(t <= 5 for _, t in opener.calls)
 
@@ -172,8 +192,14 @@ def test_connect_never_retries_auth_or_host_key_errors(tmp_path: Path, error: La
     clock = _Clock()
     opener = _ScriptedOpener({"web": [error]})
     with pytest.raises(type(error)):
-        connect(_ep(), host_keys=HostKeyStore(tmp_path / "kh"), deadline=90,
-                sleep=clock.sleep, clock=clock, opener=opener)
+        connect(
+            _ep(),
+            host_keys=HostKeyStore(tmp_path / "kh"),
+            deadline=90,
+            sleep=clock.sleep,
+            clock=clock,
+            opener=opener,
+        )
     assert len(opener.calls) == 1 and clock.slept == []
 
 
@@ -188,15 +214,20 @@ def test_connect_all_returns_one_remote_per_machine() -> None:
     prof = _profile()
     opener = _ScriptedOpener({"web-standby": [ConnectFailed(_ep("web-standby"), "refused")]})
     clock = _Clock()
-    remotes = connect_all(prof, [*prof.nodes("front"), ("web", "10.249.90.11")],
-                          sleep=clock.sleep, clock=clock, opener=opener)
+    remotes = connect_all(
+        prof,
+        [*prof.nodes("front"), ("web", "10.249.90.11")],
+        sleep=clock.sleep,
+        clock=clock,
+        opener=opener,
+    )
     assert sorted(remotes) == ["web", "web-standby"]
     assert sorted(name for name, _ in opener.calls) == ["web", "web-standby", "web-standby"]
 
 
 def test_connect_all_names_every_unreachable_machine_and_closes_the_rest() -> None:
     _lab_key()
-    prof = _profile(ssh='[timeouts]\nboot = 20')
+    prof = _profile(ssh="[timeouts]\nboot = 20")
     forever: list[LabctlError] = [ConnectFailed(_ep("web-standby"), "connection refused")] * 1000
     opener = _ScriptedOpener({"web-standby": forever})
     clock = _Clock()
@@ -278,4 +309,3 @@ def test_unreadable_entry_for_a_host_is_never_trust_on_first_use(tmp_path: Path)
     with pytest.raises(HostKeyChanged, match=r"unreadable entry \(.*record:1\)"):
         store.check("m", "10.0.0.7", paramiko.ECDSAKey.generate())
     assert store.notices == []
-

@@ -67,9 +67,9 @@ class Sshd:
         return Endpoint(**args)  # type: ignore[arg-type]
 
     def store(self) -> HostKeyStore:
-        return HostKeyStore(record=self.tmp / "labctl_known_hosts", user_files=(
-            self.tmp / "user_known_hosts",
-        ))
+        return HostKeyStore(
+            record=self.tmp / "labctl_known_hosts", user_files=(self.tmp / "user_known_hosts",)
+        )
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], deadline: float) -> None:
@@ -132,8 +132,9 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
 
 @pytest.fixture
 def remote(sshd: Sshd) -> Iterator[SshRemote]:
-    r = SshRemote.open(sshd.endpoint(), host_keys=sshd.store(), timeout=5,
-                       allow_agent=False, look_for_keys=False)
+    r = SshRemote.open(
+        sshd.endpoint(), host_keys=sshd.store(), timeout=5, allow_agent=False, look_for_keys=False
+    )
     try:
         yield r
     finally:
@@ -203,14 +204,16 @@ def test_get_returns_bytes_or_none(remote: SshRemote, tmp_path: Path) -> None:
 
 def test_unknown_host_is_trusted_on_first_use_and_recorded(sshd: Sshd, tmp_path: Path) -> None:
     store = HostKeyStore(record=tmp_path / "lab" / "known_hosts", user_files=())
-    SshRemote.open(sshd.endpoint(), host_keys=store, timeout=5, allow_agent=False,
-                   look_for_keys=False).close()
+    SshRemote.open(
+        sshd.endpoint(), host_keys=store, timeout=5, allow_agent=False, look_for_keys=False
+    ).close()
     line = (tmp_path / "lab" / "known_hosts").read_text()
     assert line == f"[127.0.0.1]:{sshd.port} ssh-ed25519 {sshd.host_key.get_base64()}\n"
     assert len(store.notices) == 1 and fingerprint(sshd.host_key) in store.notices[0]
     # second time: known, nothing new recorded, no notice
-    SshRemote.open(sshd.endpoint(), host_keys=store, timeout=5, allow_agent=False,
-                   look_for_keys=False).close()
+    SshRemote.open(
+        sshd.endpoint(), host_keys=store, timeout=5, allow_agent=False, look_for_keys=False
+    ).close()
     assert (tmp_path / "lab" / "known_hosts").read_text() == line
     assert len(store.notices) == 1
 
@@ -219,8 +222,9 @@ def test_key_from_user_known_hosts_is_trusted(sshd: Sshd, tmp_path: Path) -> Non
     user_file = tmp_path / "user_known_hosts"
     user_file.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 {sshd.host_key.get_base64()}\n")
     store = HostKeyStore(record=tmp_path / "record", user_files=(user_file,))
-    SshRemote.open(sshd.endpoint(), host_keys=store, timeout=5, allow_agent=False,
-                   look_for_keys=False).close()
+    SshRemote.open(
+        sshd.endpoint(), host_keys=store, timeout=5, allow_agent=False, look_for_keys=False
+    ).close()
     assert not (tmp_path / "record").exists() and store.notices == []
 
 
@@ -230,8 +234,9 @@ def test_changed_host_key_is_refused_naming_both_fingerprints(sshd: Sshd, tmp_pa
     record.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 {other.get_base64()}\n")
     store = HostKeyStore(record=record, user_files=())
     with pytest.raises(HostKeyChanged) as info:
-        SshRemote.open(sshd.endpoint(), host_keys=store, timeout=5, allow_agent=False,
-                       look_for_keys=False)
+        SshRemote.open(
+            sshd.endpoint(), host_keys=store, timeout=5, allow_agent=False, look_for_keys=False
+        )
     message = info.value.message
     assert "loop" in message and f"[127.0.0.1]:{sshd.port}" in message
     assert fingerprint(sshd.host_key) in message and fingerprint(other) in message
@@ -244,12 +249,14 @@ def test_authentication_failure_is_not_retried(sshd: Sshd, tmp_path: Path) -> No
     endpoint = sshd.endpoint(key_filename=str(tmp_path / "stranger"))
     attempts = 0
 
-    def opener(endpoint: Endpoint, *, host_keys: HostKeyStore, timeout: float,
-               command_timeout: float) -> Remote:
+    def opener(
+        endpoint: Endpoint, *, host_keys: HostKeyStore, timeout: float, command_timeout: float
+    ) -> Remote:
         nonlocal attempts
         attempts += 1
-        return SshRemote.open(endpoint, host_keys=host_keys, timeout=timeout, allow_agent=False,
-                              look_for_keys=False)
+        return SshRemote.open(
+            endpoint, host_keys=host_keys, timeout=timeout, allow_agent=False, look_for_keys=False
+        )
 
     with pytest.raises(AuthFailed, match=r"loop .*authentication failed"):
         connect(endpoint, host_keys=sshd.store(), deadline=60, sleep=_no_sleep, opener=opener)
@@ -270,8 +277,7 @@ def test_refused_port_is_retried_until_the_deadline(sshd: Sshd) -> None:
 
     endpoint = Endpoint(name="ghost", host="127.0.0.1", port=_free_port())
     with pytest.raises(GuestUnreachable) as info:
-        connect(endpoint, host_keys=sshd.store(), deadline=30, sleep=sleep,
-                clock=lambda: now[0])
+        connect(endpoint, host_keys=sshd.store(), deadline=30, sleep=sleep, clock=lambda: now[0])
     err = info.value
     assert not isinstance(err, ConnectFailed)
     assert err.exit_code == EXIT_UNREACHABLE
@@ -282,8 +288,9 @@ def test_refused_port_is_retried_until_the_deadline(sshd: Sshd) -> None:
 
 
 def test_sudo_wraps_every_command_and_file_operation(sshd: Sshd, tmp_path: Path) -> None:
-    r = SshRemote.open(sshd.endpoint(), host_keys=sshd.store(), timeout=5, allow_agent=False,
-                       look_for_keys=False)
+    r = SshRemote.open(
+        sshd.endpoint(), host_keys=sshd.store(), timeout=5, allow_agent=False, look_for_keys=False
+    )
     r.sudo = True  # the loopback sshd only knows root; a stand-in sudo runs what follows `--`
     try:
         assert r.run(["sh", "-c", 'echo "$0"', "via"]).stdout == "via\n"
@@ -300,8 +307,9 @@ def test_sudo_wraps_every_command_and_file_operation(sshd: Sshd, tmp_path: Path)
 def test_sudo_wanting_a_password_is_a_clear_error(sshd: Sshd) -> None:
     marker = sshd.bin_dir / "sudo.password"
     marker.touch()
-    r = SshRemote.open(sshd.endpoint(), host_keys=sshd.store(), timeout=5, allow_agent=False,
-                       look_for_keys=False)
+    r = SshRemote.open(
+        sshd.endpoint(), host_keys=sshd.store(), timeout=5, allow_agent=False, look_for_keys=False
+    )
     r.sudo = True
     try:
         with pytest.raises(SudoPasswordRequired) as info:

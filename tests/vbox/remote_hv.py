@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from labctl import errors
-from labctl.hypervisor import ExecResult, Machine, MachineState, Nic
+from labctl.hypervisor import ExecResult, Machine, MachineState, Nic, VirtualBoxHost
 from tests.vbox.sandbox import SandboxRun
 
 
@@ -103,3 +103,6 @@ class RemoteHypervisor:
     def guest_additions(self, name: str) -> str | None:
         value = self._call("guest_additions", name)
         return None if value is None else str(value)
+
+    def host_report(self) -> VirtualBoxHost:
+        return VirtualBoxHost(**self._call("host_report"))
