@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -116,3 +118,38 @@ def install_in_guests(
             list(pool.map(install, names))
     finally:
         close_all(remotes.values())
+
+
+def ansible_env(profile: Profile, workdir: Path) -> dict[str, str]:
+    """How the tests and bench run ansible-playbook against a lab: the lab's trusted host
+    keys (strict checking), pipelining and a persistent connection per host (tuned as a
+    careful user would), no retry files. The exported files themselves are not changed."""
+    from labctl import paths
+
+    control = workdir / "cp"
+    control.mkdir(parents=True, exist_ok=True)
+    known = paths.known_hosts_path(profile.lab.name)
+    return dict(
+        os.environ,
+        ANSIBLE_PIPELINING="true",
+        ANSIBLE_SSH_CONTROL_PATH_DIR=str(control),
+        ANSIBLE_SSH_ARGS=(
+            "-o ControlMaster=auto -o ControlPersist=120s -o BatchMode=yes "
+            f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes"
+        ),
+        ANSIBLE_HOST_KEY_CHECKING="true",
+        ANSIBLE_PYTHON_INTERPRETER="/usr/bin/python3",
+        ANSIBLE_RETRY_FILES_ENABLED="false",
+        ANSIBLE_FORKS="32",
+        ANSIBLE_NOCOLOR="1",
+    )
+
+
+RECAP = re.compile(r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
+                   r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)", re.MULTILINE)
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """The PLAY RECAP of ansible-playbook's output: host -> ok/changed/unreachable/failed."""
+    return {m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
+            for m in RECAP.finditer(output)}
