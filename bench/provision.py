@@ -270,6 +270,9 @@ def main() -> int:
                 record(key, timed([*bench.labctl, "provision", "pair"]))
     finally:
         say("bench: tearing the lab down")
+        from tests.lab.guest_tools import close_ansible_connections
+
+        close_ansible_connections(work)
         bench.destroy()
         shutil.rmtree(work, ignore_errors=True)
 

@@ -145,6 +145,16 @@ def ansible_env(profile: Profile, workdir: Path) -> dict[str, str]:
     )
 
 
+def close_ansible_connections(workdir: Path) -> None:
+    """End the persistent SSH connections ``ansible_env(profile, workdir)`` left running."""
+    control = workdir / "cp"
+    for socket_path in control.glob("*") if control.is_dir() else []:
+        subprocess.run(
+            ["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", "labctl-control"],
+            capture_output=True, timeout=30, check=False,
+        )
+
+
 RECAP = re.compile(r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
                    r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)", re.MULTILINE)
 

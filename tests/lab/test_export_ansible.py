@@ -27,7 +27,13 @@ from labctl import profile as profile_mod
 from labctl.ops import lab as lab_ops
 from tests.lab.checks_pair import guest, labctl
 from tests.lab.conftest import LabEnv, LabPair, bring_up, write_profile
-from tests.lab.guest_tools import ansible_env, ansible_venv, install_in_guests, recap
+from tests.lab.guest_tools import (
+    ansible_env,
+    ansible_venv,
+    close_ansible_connections,
+    install_in_guests,
+    recap,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -43,6 +49,13 @@ userdel keepalived_script >/dev/null 2>&1; groupdel keepalived_script >/dev/null
 rm -rf /etc/keepalived
 ! command -v keepalived >/dev/null
 """
+
+
+@pytest.fixture
+def export(tmp_path: Path) -> Iterator[Path]:
+    """Where the export goes; the persistent SSH connections of its runs end with the test."""
+    yield tmp_path / "export"
+    close_ansible_connections(tmp_path)
 
 
 @pytest.fixture
@@ -76,12 +89,11 @@ def sha256(pair: LabPair, name: str, path: str) -> str:
 
 
 def test_exported_playbook_writes_what_labctl_writes(
-    detect_pair: LabPair, tmp_path: Path, capsys: Capsys
+    detect_pair: LabPair, export: Path, capsys: Capsys
 ) -> None:
     pair = detect_pair
     nodes = [pair.primary.name, pair.standby.name]
     install_in_guests(pair.profile, pair.hv, nodes, ["python3", "python3-apt"])
-    export = tmp_path / "export"
     exported = labctl(pair, capsys, "export", "ansible", str(export), "--json")
     assert exported.code == 0, exported.err
     assert exported.json()["secrets_written"] is False
