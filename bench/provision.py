@@ -10,14 +10,12 @@ a private bridge and subnet of its own), and the figures are medians over --tria
     the work around apt, which both tools pay the same);
   * labctl on N pairs at once vs on one pair (fresh and no change).
 
-Ansible is a benchmark-only dependency: the bench installs ansible-core into its own venv
-(/var/cache/labctl/bench/ansible-venv) and python3 + python3-apt into its own guests from
-.debs it fetches with apt's own helper (the guests have no route out). The playbook does
-what labctl does: apt (keepalived without recommends, as labctl installs it), user, file,
-copy (check script), template with validate (keepalived -t, accepting 2.2.7's 143), service
-(enabled, started) and a reload handler; tuned with pipelining, ControlPersist, no fact
-gathering, a fixed interpreter and forks >= hosts. The playbook has no primary-first start
-and no all-or-nothing commit across a pair: labctl does more work, not less.
+The playbook is the one `labctl export ansible` writes (it writes the same bytes as labctl:
+tests/lab/test_export_ansible.py), run with the lab tests' runner settings: pipelining,
+ControlPersist, no fact gathering, a fixed interpreter, forks >= hosts. ansible-core and
+python3 + python3-apt for the guests come from the tests' installer (tests/lab/guest_tools.py:
+ansible-core in its own venv, .debs fetched with apt's own helper as the guests have no route
+out). The playbook has no all-or-nothing commit across a pair: labctl does more work, not less.
 
 Usage (root, from the repository root):
   sudo .venv/bin/python -m bench.provision [--trials 3] [--pairs 8] [--no-ansible]
@@ -65,61 +63,6 @@ userdel keepalived_script >/dev/null 2>&1
 rm -rf /etc/keepalived
 command -v keepalived >/dev/null
 """
-
-PLAYBOOK = """\
-- hosts: lab
-  gather_facts: false
-  tasks:
-    - name: keepalived installed
-      ansible.builtin.apt:
-        name: keepalived
-        state: present
-        install_recommends: false
-    - name: script user
-      ansible.builtin.user:
-        name: keepalived_script
-        system: true
-        create_home: false
-        shell: /usr/sbin/nologin
-    - name: keepalived directory root-owned
-      ansible.builtin.file:
-        path: /etc/keepalived
-        state: directory
-        owner: root
-        group: root
-        mode: "0755"
-    - name: check script
-      ansible.builtin.copy:
-        src: check_heartbeat.sh
-        dest: /etc/keepalived/check_heartbeat.sh
-        owner: root
-        group: root
-        mode: "0755"
-    - name: keepalived.conf
-      ansible.builtin.template:
-        src: "rendered/{{ inventory_hostname }}.conf"
-        dest: /etc/keepalived/keepalived.conf
-        owner: root
-        group: root
-        mode: "0640"
-        backup: true
-        # keepalived 2.2.7 -t exits 143 on a good file when a vrrp_script runs as non-root
-        validate: >-
-          sh -c 'keepalived -t -f "$1" 2>&1 | grep -qiE "error|unknown|exist" && exit 1;
-          exit 0' sh %s
-      notify: reload keepalived
-    - name: keepalived enabled and running
-      ansible.builtin.service:
-        name: keepalived
-        enabled: true
-        state: started
-  handlers:
-    - name: reload keepalived
-      ansible.builtin.service:
-        name: keepalived
-        state: reloaded
-"""
-
 
 def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
@@ -241,46 +184,12 @@ class Bench:
 
     # -- Ansible ---------------------------------------------------------------------------
 
-    def ansible_venv(self) -> Path:
-        venv = CACHE / "ansible-venv"
-        if not (venv / "bin" / "ansible-playbook").exists():
-            say("bench: installing ansible-core into its own venv (benchmark-only dependency)")
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "ansible-core"],
-                           check=True)
-        return venv
-
     def python_on_guests(self, names: Sequence[str]) -> None:
-        """python3 + python3-apt for Ansible's modules, from .debs fetched with apt's helper."""
-        debs = CACHE / "debs"
-        debs.mkdir(parents=True, exist_ok=True)
-        uris = self.exec(names[0], "apt-get install -y -qq --print-uris python3 python3-apt")
-        wanted = []
-        for line in uris.splitlines():
-            parts = line.split()
-            if len(parts) >= 4 and parts[0].startswith("'"):
-                uri, filename, checksum = parts[0].strip("'"), parts[1], parts[3]
-                wanted.append(filename)
-                if not (debs / filename).exists():
-                    subprocess.run(["/usr/lib/apt/apt-helper", "download-file", uri,
-                                    str(debs / filename), checksum],
-                                   check=True, capture_output=True)
-        say(f"bench: python3 for Ansible: {len(wanted)} packages into {len(names)} guests")
-        for name in names:
-            self._copy_into(name, [debs / f for f in wanted])
-            self.exec(name, "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-download "
-                      "python3 python3-apt >/dev/null")
+        """python3 + python3-apt for Ansible's modules (the tests' installer, shared)."""
+        from tests.lab.guest_tools import install_in_guests
 
-    def _copy_into(self, name: str, files: Sequence[Path]) -> None:
-        # the machine's root is an overlay only its own mount namespace sees: copy over SFTP
-        from labctl.ops.connect import close_all, connect_all
-
-        remote = connect_all(self.profile, [(name, self._address(name))])[name]
-        try:
-            for f in files:
-                remote.put(f.read_bytes(), f"/var/cache/apt/archives/{f.name}")
-        finally:
-            close_all([remote])
+        say(f"bench: python3 for Ansible into {len(names)} guests")
+        install_in_guests(self.profile, self.hv, names, ["python3", "python3-apt"])
 
     def _address(self, name: str) -> str:
         for node, address, _ in self.profile.all_nodes():
@@ -289,38 +198,16 @@ class Bench:
         raise KeyError(name)
 
     def ansible_project(self, pairs: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-        from labctl import keepalived as ka
-        from labctl import paths
+        """The playbook `labctl export ansible` writes, run with the tests' tuned runner env."""
+        from tests.lab.guest_tools import ansible_env, ansible_venv
 
         project = self.work / "ansible"
-        (project / "rendered").mkdir(parents=True, exist_ok=True)
-        shutil.copy(self.work / "check_heartbeat.sh", project / "check_heartbeat.sh")
-        (project / "playbook.yml").write_text(PLAYBOOK)
-        inventory = ["[lab]"]
-        for pair in pairs:
-            for role in ("primary", "standby"):
-                rendered = ka.render_node(self.profile, pair, role, mask_secrets=False)  # type: ignore[arg-type]
-                (project / "rendered" / f"{rendered.node.name}.conf").write_text(rendered.conf)
-                inventory.append(f"{rendered.node.name} ansible_host={rendered.node.ip}")
-        (project / "inventory.ini").write_text("\n".join(inventory) + "\n")
-        lab = self.profile.lab.name
-        (project / "ansible.cfg").write_text(
-            "[defaults]\n"
-            "remote_user = root\n"
-            f"private_key_file = {paths.lab_key_path(lab)}\n"
-            "interpreter_python = /usr/bin/python3\n"
-            "gathering = explicit\n"
-            "forks = 32\n"
-            "retry_files_enabled = false\n"
-            "[ssh_connection]\n"
-            "pipelining = true\n"
-            f"control_path_dir = {project / 'cp'}\n"
-            "ssh_args = -o ControlMaster=auto -o ControlPersist=120s "
-            f"-o UserKnownHostsFile={paths.known_hosts_path(lab)} -o StrictHostKeyChecking=yes\n"
-        )
-        venv = self.ansible_venv()
-        env = dict(os.environ, ANSIBLE_CONFIG=str(project / "ansible.cfg"))
-        argv = [str(venv / "bin" / "ansible-playbook"), "-i", str(project / "inventory.ini"),
+        timed([*self.labctl, "export", "ansible", str(project), *pairs])
+        venv = ansible_venv()
+        env = ansible_env(self.profile, self.work)
+        for pair in pairs:  # the password through the environment, as the export asks
+            env[f"LABCTL_AUTH_PASS_{pair.upper()}"] = AUTH_PASS
+        argv = [str(venv / "bin" / "ansible-playbook"), "-i", str(project / "inventory.yml"),
                 str(project / "playbook.yml")]
         return argv, env
 
@@ -383,6 +270,9 @@ def main() -> int:
                 record(key, timed([*bench.labctl, "provision", "pair"]))
     finally:
         say("bench: tearing the lab down")
+        from tests.lab.guest_tools import close_ansible_connections
+
+        close_ansible_connections(work)
         bench.destroy()
         shutil.rmtree(work, ignore_errors=True)
 

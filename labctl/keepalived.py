@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -22,13 +23,16 @@ SCRIPT_USER = "keepalived_script"
 MASK = "********"
 INTERFACE_PLACEHOLDER = "<detected-at-provision>"
 
+# the whitespace options any other renderer of the template must use for identical bytes
+JINJA_OPTIONS = {"trim_blocks": True, "lstrip_blocks": True, "keep_trailing_newline": True}
+
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("labctl", "templates"),
     undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
     autoescape=False,
+    trim_blocks=JINJA_OPTIONS["trim_blocks"],
+    lstrip_blocks=JINJA_OPTIONS["lstrip_blocks"],
+    keep_trailing_newline=JINJA_OPTIONS["keep_trailing_newline"],
 )
 
 
@@ -84,8 +88,7 @@ def render_node(
             carries the real password.
     """
     pair = profile.pair(pair_name)
-    primary, standby = profile.nodes(pair_name)
-    node, peer = (primary, standby) if role == "primary" else (standby, primary)
+    node = profile.nodes(pair_name)[0 if role == "primary" else 1]
     check = None
     if pair.check is not None:
         script_path = profile.base_dir / pair.check.script
@@ -95,39 +98,69 @@ def render_node(
             content=script_path.read_bytes() if script_path.is_file() else b"",
         )
     auth_pass = MASK if mask_secrets else profile.auth_pass(pair_name)
-    conf = _env.get_template("keepalived.conf.j2").render(
-        lab=profile.lab.name,
-        node=node.name,
-        role=role,
-        pair=pair_name,
-        router_id=router_id(node.name),
-        script_user=SCRIPT_USER,
-        check=None
-        if check is None or pair.check is None
-        else {
-            "name": check.name,
-            "path": check.path,
-            "interval": pair.check.interval,
-            "weight": pair.check.weight,
-            "fall": pair.check.fall,
-            "rise": pair.check.rise,
-        },
-        instance=instance_name(pair_name),
-        # nopreempt only works when both nodes start as BACKUP
-        state="MASTER" if role == "primary" and pair.preempt else "BACKUP",
-        interface=interface or pair.interface or INTERFACE_PLACEHOLDER,
-        vrid=pair.vrid,
-        priority=pair.priority.primary if role == "primary" else pair.priority.standby,
-        advert_int=pair.advert_int,
-        vrrp_version=pair.vrrp_version,
-        preempt=pair.preempt,
-        unicast=pair.unicast,
-        self_ip=node.ip,
-        peer_ip=peer.ip,
-        auth_pass=auth_pass,
-        vips=pair.vip,
-    )
+    context = template_context(profile, pair_name, role)
+    context["interface"] = interface or pair.interface or INTERFACE_PLACEHOLDER
+    conf = render_template(context | {"auth_pass": auth_pass})
     return RenderedNode(node=node, conf=conf, check=check)
+
+
+TEMPLATE = "keepalived.conf.j2"
+# the template's variables that are not in template_context(): known only on the machine
+# (interface, when the profile does not set it) or secret
+RUNTIME_VARIABLES = ("interface", "auth_pass")
+
+
+def template_source() -> bytes:
+    """The template file itself, byte for byte (``labctl export ansible`` ships it)."""
+    source = _env.loader.get_source(_env, TEMPLATE)[0] if _env.loader else ""
+    return source.encode()
+
+
+def template_context(profile: Profile, pair_name: str, role: Role) -> dict[str, Any]:
+    """Every variable of keepalived.conf.j2 for one node, except RUNTIME_VARIABLES.
+
+    Values are plain str/int/bool/list/dict/None, so another renderer (Ansible's template
+    module) given the same values and the same Jinja2 options writes the same bytes.
+    """
+    pair = profile.pair(pair_name)
+    primary, standby = profile.nodes(pair_name)
+    node, peer = (primary, standby) if role == "primary" else (standby, primary)
+    check = pair.check
+    return {
+        "lab": profile.lab.name,
+        "node": node.name,
+        "role": role,
+        "pair": pair_name,
+        "router_id": router_id(node.name),
+        "script_user": SCRIPT_USER,
+        "check": None
+        if check is None
+        else {
+            "name": check_name(check.script),
+            "path": f"{KEEPALIVED_DIR}/{check.script}",
+            "interval": check.interval,
+            "weight": check.weight,
+            "fall": check.fall,
+            "rise": check.rise,
+        },
+        "instance": instance_name(pair_name),
+        # nopreempt only works when both nodes start as BACKUP
+        "state": "MASTER" if role == "primary" and pair.preempt else "BACKUP",
+        "vrid": pair.vrid,
+        "priority": pair.priority.primary if role == "primary" else pair.priority.standby,
+        "advert_int": pair.advert_int,
+        "vrrp_version": pair.vrrp_version,
+        "preempt": pair.preempt,
+        "unicast": pair.unicast,
+        "self_ip": node.ip,
+        "peer_ip": peer.ip,
+        "vips": list(pair.vip),
+    }
+
+
+def render_template(context: dict[str, Any]) -> str:
+    """keepalived.conf.j2 rendered with labctl's Jinja2 options (see JINJA_OPTIONS)."""
+    return _env.get_template(TEMPLATE).render(**context)
 
 
 def mask(text: str, secrets: Iterable[str]) -> str:

@@ -152,7 +152,9 @@ class LabSettings(BaseModel):
     model_config = _strict()
 
     name: str = Field(description="lab name; tags every machine labctl creates")
-    backend: Literal["virtualbox", "nspawn"] = Field(description="hypervisor backend")
+    backend: Literal["virtualbox", "nspawn", "ssh"] = Field(
+        description="hypervisor backend; ssh = existing machines reached only over SSH"
+    )
     nspawn: NspawnSettings = Field(default_factory=lambda: NspawnSettings())
     virtualbox: VirtualBoxSettings = Field(default_factory=lambda: VirtualBoxSettings())
 

@@ -7,7 +7,7 @@ their commands on the group when imported here.
 
 from __future__ import annotations
 
-from labctl.cli import checks, lab, provision  # noqa: F401  (register commands)
+from labctl.cli import checks, export, lab, provision  # noqa: F401  (register commands)
 from labctl.cli.base import State, cli, main, run
 
 __all__ = ["State", "cli", "main", "run"]

@@ -25,7 +25,7 @@ from labctl.errors import (
     GuestUnreachable,
     LabctlError,
 )
-from labctl.hypervisor import Hypervisor
+from labctl.hypervisor import Hypervisor, require
 from labctl.ops import connect as connect_ops
 from labctl.ops import doctor as doctor_op
 from labctl.ops import drill as drill_op
@@ -223,6 +223,8 @@ def failover_cmd(state: State, pair: str, fault: str, trials: int, as_json: bool
         if kind in (drill_op.Fault.FREEZE, drill_op.Fault.LINK):
             raise
         hypervisor = None
+    # freeze and link act from outside the machine: refuse before connecting (ssh backend)
+    require(hypervisor, kind.value)
     if not state.debug:
         # a frozen or unplugged node makes paramiko log about its channels: expected here
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)

@@ -94,7 +94,9 @@ def lab_down(state: State) -> None:
 @JsonOpt
 @pass_state
 def lab_status(state: State, as_json: bool) -> None:
-    """Every machine of the lab: role, state (absent/stopped/running/paused), address.
+    """Every machine of the lab: role, state (absent/stopped/running/paused/unreachable), address.
+
+    unreachable: the ssh backend sees no hypervisor, and the machine did not answer SSH.
 
     --json: {"lab": NAME, "backend": NAME, "machines": [{"machine", "role", "state",
     "address", "managed"}], "virtualbox": {"version", "driver", "why", "vms_can_start",

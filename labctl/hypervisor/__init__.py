@@ -27,6 +27,8 @@ class MachineState(enum.StrEnum):
     STOPPED = "stopped"
     RUNNING = "running"
     PAUSED = "paused"
+    # the backend cannot see the machine itself and the machine did not answer (ssh backend)
+    UNREACHABLE = "unreachable"
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ class ExecResult:
 
 @runtime_checkable
 class Hypervisor(Protocol):
-    """Mechanism to drive lab machines. Implementations: nspawn, vboxmanage, pyvbox."""
+    """Mechanism to drive lab machines. Implementations: nspawn, vboxmanage, pyvbox, ssh."""
 
     name: str
 
@@ -204,19 +206,40 @@ class VrrpPartitioner(Protocol):
         """Remove what block_vrrp(a, b) added; a no-op when nothing is blocked."""
 
 
+@runtime_checkable
+class PartialBackend(Protocol):
+    """Backends that implement only part of the Hypervisor (ssh: no hypervisor at all)."""
+
+    def unsupported(self, operation: str) -> BackendUnavailable | None:
+        """The error for an operation this backend cannot do (None when it can).
+
+        ``operation``: a Hypervisor method name (clone, start, stop, pause, set_link, destroy,
+        exec_in_guest) or a command that needs them (up, down).
+        """
+
+
+def require(hv: Hypervisor | None, operation: str) -> None:
+    """Raise the backend's own BackendUnavailable when it cannot do ``operation``."""
+    if isinstance(hv, PartialBackend):
+        error = hv.unsupported(operation)
+        if error is not None:
+            raise error
+
+
 # name -> "module:factory"; imported only when the backend is chosen, so a missing optional
 # dependency (pyvbox) does not break the other backends.
 BACKENDS: dict[str, str] = {
     "nspawn": "labctl.hypervisor.nspawn:from_profile",
     "vboxmanage": "labctl.hypervisor.vboxmanage:from_profile",
     "pyvbox": "labctl.hypervisor.pyvbox:from_profile",
+    "ssh": "labctl.hypervisor.ssh_backend:from_profile",
 }
 
 
 def backend_name(profile: Profile) -> str:
     """The backend the profile selects (``driver = "auto"`` resolved on this host)."""
-    if profile.lab.backend == "nspawn":
-        return "nspawn"
+    if profile.lab.backend in ("nspawn", "ssh"):
+        return profile.lab.backend
     from labctl.hypervisor.vbox_common import resolve_driver
 
     return resolve_driver(profile)[0]

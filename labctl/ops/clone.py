@@ -22,7 +22,7 @@ from tenacity import (
 )
 
 from labctl.errors import GuestUnreachable, OperationFailed
-from labctl.hypervisor import Hypervisor, MachineState, require_startable
+from labctl.hypervisor import Hypervisor, MachineState, require, require_startable
 from labctl.ops.lab import Probe, Sleep, apply_identity, forget_host_keys, ssh_banner, wait_for_ssh
 from labctl.profile import Profile, host_ip
 
@@ -88,6 +88,7 @@ def clone(
     pair_name = pair_of(profile, production)
     pair = profile.pairs[pair_name]
     standby, address = pair.standby, pair.standby_address
+    require(hv, "clone")
     hv.check()
     require_startable(hv)  # the standby must boot: refuse before anything is made
 

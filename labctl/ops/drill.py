@@ -80,7 +80,7 @@ from typing import Any
 
 from labctl import keepalived as ka
 from labctl.errors import EXIT_CHECKS, EXIT_OK, GuestUnreachable, LabctlError, OperationFailed
-from labctl.hypervisor import Hypervisor, VrrpPartitioner
+from labctl.hypervisor import Hypervisor, VrrpPartitioner, require
 from labctl.ops.verify import UNREACHABLE_ERRORS
 from labctl.profile import Node, PairSpec, Profile
 from labctl.remote import Remote
@@ -502,6 +502,10 @@ class FaultInjector:
         pair = self.profile.pair(self.pair_name)
         if self.fault in (Fault.FREEZE, Fault.LINK) and self.hypervisor is None:
             raise OperationFailed(f"--fault {self.fault} needs the lab's hypervisor backend")
+        if self.fault is Fault.FREEZE:
+            require(self.hypervisor, "pause")
+        if self.fault is Fault.LINK:
+            require(self.hypervisor, "set_link")
         if self.fault is Fault.HEALTH and pair.check is None:
             raise OperationFailed(
                 f"--fault health: pairs.{self.pair_name} has no [check] script to make fail",

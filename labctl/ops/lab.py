@@ -29,7 +29,7 @@ from tenacity import (
 
 from labctl import paths
 from labctl.errors import GuestUnreachable, OperationFailed
-from labctl.hypervisor import Hypervisor, MachineState, require_startable
+from labctl.hypervisor import Hypervisor, MachineState, require, require_startable
 from labctl.hypervisor.nspawn_image import Image, ImageBuild, ensure_image
 from labctl.profile import Profile, host_ip
 from labctl.state import atomic_write, lab_lock
@@ -329,6 +329,7 @@ def up(
                 f"MACHINE: {name!r} is not a machine of lab {profile.lab.name} "
                 f"(known: {', '.join(roles)})"
             )
+    require(hv, "up")
     hv.check()
     require_startable(hv)
     created: list[str] = []
@@ -389,6 +390,7 @@ def down(
     profile: Profile, hv: Hypervisor, *, deadline: float = 30.0, sleep: Sleep = time.sleep
 ) -> DownResult:
     """Shut every machine of the lab down gracefully; kill those still up at the deadline."""
+    require(hv, "down")
     hv.check()
     running = [m.name for m in hv.list() if m.state in (MachineState.RUNNING, MachineState.PAUSED)]
     for name in running:
@@ -421,6 +423,7 @@ def status(profile: Profile, hv: Hypervisor) -> list[MachineStatus]:
 
 def destroy(profile: Profile, hv: Hypervisor) -> list[str]:
     """Delete every machine labctl created for this lab, then the lab's host network."""
+    require(hv, "destroy")
     hv.check()
     destroyed = []
     for machine in hv.list():

@@ -42,7 +42,7 @@ ip -o -4 addr show
 _AUTH_PASS_LINE = re.compile(r"(auth_pass\s+)\S+")
 _AUTH_PASS_VALUE = re.compile(r"auth_pass\s+(\S+)")
 # what keepalived's config test prints when it objects to something
-_CONFIG_TEST_PROBLEM = re.compile(
+CONFIG_TEST_PROBLEM = re.compile(
     r"error|invalid|not valid|unknown|exist|not found|missing|outside|unable|removing|"
     r"bad |fail|cannot|can't|disabl|truncat|warning",
     re.IGNORECASE,
@@ -112,7 +112,7 @@ def interpret_config_test(result: Result) -> str | None:
     when it printed no problem. A missing file also exits 0: the caller checks existence.
     """
     output = "\n".join(s for s in (result.stdout.strip(), result.stderr.strip()) if s)
-    problems = [line.strip() for line in output.splitlines() if _CONFIG_TEST_PROBLEM.search(line)]
+    problems = [line.strip() for line in output.splitlines() if CONFIG_TEST_PROBLEM.search(line)]
     if result.exit_code == 0 and not problems:
         return None
     if result.exit_code in (143, -1) and not problems:  # -1: killed, no exit status

@@ -195,7 +195,7 @@ CASES: list[tuple[str, str, str, list[str]]] = [
         "backend unknown",
         'backend = "virtualbox"',
         'backend = "vmware"',
-        ["lab.backend: must be one of 'virtualbox' or 'nspawn', got 'vmware'"],
+        ["lab.backend: must be one of 'virtualbox', 'nspawn' or 'ssh', got 'vmware'"],
     ),
 ]
 
