@@ -110,7 +110,7 @@ def ensure_sandbox(log: Path | None = None) -> Build:
         started = time.monotonic()
         staging = cache / f".build-{recipe_hash()}-{uuid.uuid4().hex[:6]}"
         try:
-            _build(staging, log or staging.with_suffix(".log"))
+            _build(staging, log or staging / "build.log")
             staging.rename(final)
         except BaseException:
             _unmount_below(staging)
@@ -121,7 +121,7 @@ def ensure_sandbox(log: Path | None = None) -> Build:
 
 def _build(staging: Path, log: Path) -> None:
     root = staging / "root"
-    staging.mkdir(parents=True)
+    staging.mkdir(parents=True, exist_ok=True)
     mirror = host_mirror()
     with open(log, "a") as out:
 
