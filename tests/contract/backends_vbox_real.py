@@ -17,7 +17,7 @@ from labctl.hypervisor import get_hypervisor
 from labctl.profile import Profile
 from tests.contract.harness import ContractBackend, ContractEnv, contract_backend
 from tests.vbox.fixtures import VmMaker
-from tests.vbox.remote_hv import RemoteHypervisor
+from tests.vbox.remote_hv import served
 from tests.vbox.sandbox import SandboxRun
 
 
@@ -58,9 +58,6 @@ def vboxmanage_real(env: ContractEnv) -> Iterator[ContractBackend]:
 def pyvbox_real(env: ContractEnv) -> Iterator[ContractBackend]:
     run: SandboxRun = env.request.getfixturevalue("vbox_sandbox")
     vms: VmMaker = env.request.getfixturevalue("vbox_vms")
-    hypervisor = RemoteHypervisor(run, real_profile("pyvbox"))
-    try:
-        hypervisor.check()
-        yield _backend(hypervisor, vms)
-    finally:
-        hypervisor.close()
+    hypervisor = served(run, real_profile("pyvbox"))
+    hypervisor.check()
+    yield _backend(hypervisor, vms)

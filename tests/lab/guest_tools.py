@@ -52,12 +52,20 @@ def ansible_venv() -> Path:
     playbook = ANSIBLE_VENV / "bin" / "ansible-playbook"
     with _locked("ansible-venv"):
         if not playbook.exists():
-            print("installing ansible-core into its own venv (test-only dependency)",
-                  file=sys.stderr, flush=True)
+            print(
+                "installing ansible-core into its own venv (test-only dependency)",
+                file=sys.stderr,
+                flush=True,
+            )
             steps = [
                 [sys.executable, "-m", "venv", "--clear", str(ANSIBLE_VENV)],
-                [str(ANSIBLE_VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                 ANSIBLE_CORE],
+                [
+                    str(ANSIBLE_VENV / "bin" / "pip"),
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    ANSIBLE_CORE,
+                ],
             ]
             for argv in steps:
                 done = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -88,7 +96,9 @@ def _fetch(uris_output: str) -> list[Path]:
             if not target.exists():
                 done = subprocess.run(
                     ["/usr/lib/apt/apt-helper", "download-file", uri, str(target), checksum],
-                    capture_output=True, text=True, check=False,
+                    capture_output=True,
+                    text=True,
+                    check=False,
                 )
                 if done.returncode != 0:
                     raise ToolSetupFailed(f"apt-helper download-file {uri}: {done.stderr[-500:]}")
@@ -111,8 +121,12 @@ def install_in_guests(
         def install(name: str) -> None:
             for deb in debs:
                 remotes[name].put(deb.read_bytes(), f"/var/cache/apt/archives/{deb.name}")
-            _exec(hv, name, "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-                  f"--no-download {pkgs} >/dev/null")
+            _exec(
+                hv,
+                name,
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                f"--no-download {pkgs} >/dev/null",
+            )
 
         with ThreadPoolExecutor(max_workers=len(names)) as pool:
             list(pool.map(install, names))
@@ -151,15 +165,22 @@ def close_ansible_connections(workdir: Path) -> None:
     for socket_path in control.glob("*") if control.is_dir() else []:
         subprocess.run(
             ["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", "labctl-control"],
-            capture_output=True, timeout=30, check=False,
+            capture_output=True,
+            timeout=30,
+            check=False,
         )
 
 
-RECAP = re.compile(r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
-                   r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)", re.MULTILINE)
+RECAP = re.compile(
+    r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
+    r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)",
+    re.MULTILINE,
+)
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:
     """The PLAY RECAP of ansible-playbook's output: host -> ok/changed/unreachable/failed."""
-    return {m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
-            for m in RECAP.finditer(output)}
+    return {
+        m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
+        for m in RECAP.finditer(output)
+    }

@@ -61,8 +61,9 @@ def export(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture
 def detect_pair(lab_env: LabEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPair]:
     """A fresh pair whose profile does not name the VRRP interface."""
-    prof = write_profile(lab_env, tmp_path_factory.mktemp("export-pair"), 1,
-                         names=[("exp-a", "exp-a-standby")])
+    prof = write_profile(
+        lab_env, tmp_path_factory.mktemp("export-pair"), 1, names=[("exp-a", "exp-a-standby")]
+    )
     assert prof.path is not None
     text = prof.path.read_text().replace('interface = "host0"\n', "")
     prof.path.write_text(text.replace('auth_pass = "labtest"', f'auth_pass = "{AUTH_PASS}"'))
@@ -78,9 +79,19 @@ def detect_pair(lab_env: LabEnv, tmp_path_factory: pytest.TempPathFactory) -> It
 def playbook(pair: LabPair, export: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = ansible_env(pair.profile, export.parent) | {"LABCTL_AUTH_PASS_P1": AUTH_PASS}
     return subprocess.run(
-        [str(ansible_venv() / "bin" / "ansible-playbook"), "-i", "inventory.yml",
-         "playbook.yml", *extra],
-        cwd=export, env=env, capture_output=True, text=True, timeout=600, check=False,
+        [
+            str(ansible_venv() / "bin" / "ansible-playbook"),
+            "-i",
+            "inventory.yml",
+            "playbook.yml",
+            *extra,
+        ],
+        cwd=export,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
 
 
@@ -118,13 +129,18 @@ def test_exported_playbook_writes_what_labctl_writes(
     ]
     assert not any(n["started"] or n["reloaded"] for n in report)
     for node in pair.profile.nodes(pair.pair):
-        rendered = ka.render_node(pair.profile, pair.pair, node.role, interface="host0",
-                                  mask_secrets=False)
-        assert sha256(pair, node.name, ka.CONF_PATH) == hashlib.sha256(
-            rendered.conf.encode()).hexdigest()
+        rendered = ka.render_node(
+            pair.profile, pair.pair, node.role, interface="host0", mask_secrets=False
+        )
+        assert (
+            sha256(pair, node.name, ka.CONF_PATH)
+            == hashlib.sha256(rendered.conf.encode()).hexdigest()
+        )
         assert rendered.check is not None
-        assert sha256(pair, node.name, rendered.check.path) == hashlib.sha256(
-            rendered.check.content).hexdigest()
+        assert (
+            sha256(pair, node.name, rendered.check.path)
+            == hashlib.sha256(rendered.check.content).hexdigest()
+        )
 
     # 2. --check on the pair labctl just called unchanged
     check = playbook(pair, export, "--check")

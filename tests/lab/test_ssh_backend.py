@@ -60,8 +60,12 @@ def test_existing_machines_over_ssh(
     }
 
     # what needs a hypervisor: exit 4, one line, and the machines keep running
-    for args in (["destroy", "--yes"], ["down"], ["clone", pair.primary.name],
-                 ["failover", pair.pair, "--fault", "freeze"]):
+    for args in (
+        ["destroy", "--yes"],
+        ["down"],
+        ["clone", pair.primary.name],
+        ["failover", pair.pair, "--fault", "freeze"],
+    ):
         refused = labctl(pair, capsys, *args)
         assert refused.code == 4, (args, refused.err)
         assert len(refused.err.splitlines()) == 1 and 'lab.backend "ssh"' in refused.err

@@ -34,7 +34,8 @@ def test_export_ships_labctl_template_and_no_secret(
     doc = json.loads(result.out)
     assert doc["group"] == "lab_it490" and doc["secrets_written"] is False
     assert {p["pair"]: p["env_var"] for p in doc["passwords"]} == {
-        "front": "LABCTL_AUTH_PASS_FRONT", "back": "LABCTL_AUTH_PASS_BACK",
+        "front": "LABCTL_AUTH_PASS_FRONT",
+        "back": "LABCTL_AUTH_PASS_BACK",
         "db": "LABCTL_AUTH_PASS_DB",
     }
     role = out / "roles" / "labctl_keepalived"
@@ -48,7 +49,7 @@ def test_export_ships_labctl_template_and_no_secret(
     for path in out.rglob("*"):
         assert not path.is_file() or b"njit490" not in path.read_bytes(), path
     inventory = (out / "inventory.yml").read_text()
-    assert "pair_back:\n" in inventory and "labctl_role: \"standby\"" in inventory
+    assert "pair_back:\n" in inventory and 'labctl_role: "standby"' in inventory
     assert "vault_labctl_auth_pass_back | default(lookup('ansible.builtin.env', " in inventory
     assert "hosts: lab_it490\n" in (out / "playbook.yml").read_text()
 
@@ -84,8 +85,7 @@ def test_env_var_of_the_profile_is_the_one_the_playbook_reads(
     cli: Callable[..., CliResult], write_profile: Callable[[str], Path], tmp_path: Path
 ) -> None:
     text = BASE_PROFILE.replace('auth_pass = "njit490"', 'auth_pass_env = "BACK_VRRP_PASS"')
-    result = cli("-p", str(write_profile(text)), "export", "ansible", str(tmp_path / "x"),
-                 "--json")
+    result = cli("-p", str(write_profile(text)), "export", "ansible", str(tmp_path / "x"), "--json")
     assert result.code == 0, result.err
     assert json.loads(result.out)["passwords"][0]["env_var"] == "BACK_VRRP_PASS"
     assert "'BACK_VRRP_PASS'" in (tmp_path / "x" / "inventory.yml").read_text()

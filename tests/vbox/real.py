@@ -22,7 +22,7 @@ import pytest
 from labctl.hypervisor import Hypervisor, VirtualBoxDetails, get_hypervisor
 from labctl.profile import Profile
 from tests.vbox.fixtures import VmMaker
-from tests.vbox.remote_hv import RemoteHypervisor
+from tests.vbox.remote_hv import served
 from tests.vbox.sandbox import SandboxRun
 
 LAB = "vboxreal"
@@ -96,7 +96,7 @@ def make_driver(name: str, run: SandboxRun, vms: VmMaker, workdir: Path, lab: st
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(profile_toml("pyvbox", "VBoxManage", lab=lab))
         data = Profile.model_validate(_toml(path)).model_dump(mode="json")
-        return Driver(name, run, vms, RemoteHypervisor(run, data), inside)
+        return Driver(name, run, vms, served(run, data), inside)
     path = workdir / f"{lab}.toml"
     path.write_text(profile_toml("vboxmanage", str(run.vboxmanage), lab=lab))
     hv = cast(VBoxHypervisor, get_hypervisor(Profile.model_validate(_toml(path))))
@@ -115,8 +115,4 @@ def driver(
 ) -> Iterator[Driver]:
     made = make_driver(request.param, vbox_sandbox, vbox_vms, tmp_path)
     made.hv.check()
-    try:
-        yield made
-    finally:
-        if isinstance(made.hv, RemoteHypervisor):
-            made.hv.close()
+    yield made

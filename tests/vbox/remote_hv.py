@@ -18,6 +18,17 @@ from labctl.hypervisor import ExecResult, Machine, MachineState, Nic, VirtualBox
 from tests.vbox.sandbox import SandboxRun
 
 
+def served(sandbox: SandboxRun, profile: dict[str, Any]) -> RemoteHypervisor:
+    """The run's server for this profile, started on first use and kept for the session
+    (starting the sandbox's Python with labctl and pyvbox costs about a second)."""
+    key = json.dumps(profile, sort_keys=True)
+    server = sandbox.servers.get(key)
+    if server is None:
+        server = sandbox.servers[key] = RemoteHypervisor(sandbox, profile)
+    assert isinstance(server, RemoteHypervisor)
+    return server
+
+
 class RemoteHypervisor:
     """The Hypervisor protocol (and VirtualBoxDetails), served from inside the sandbox."""
 

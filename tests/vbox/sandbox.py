@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from labctl.hypervisor.nspawn_image import host_mirror
 
@@ -273,6 +274,8 @@ class SandboxRun:
     root: Path = field(init=False)
     vboxmanage: Path = field(init=False)
     version: str = ""
+    # helpers that live as long as the run (e.g. hv_server processes), closed before teardown
+    servers: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = self.base / "merged"
@@ -386,6 +389,10 @@ class SandboxRun:
             time.sleep(0.1)
 
     def close(self) -> None:
+        for server in self.servers.values():
+            with contextlib.suppress(Exception):
+                server.close()
+        self.servers.clear()
         self.stop_processes()
         _unmount_below(self.root)
         shutil.rmtree(self.base, ignore_errors=True)
