@@ -109,7 +109,8 @@ def showvminfo(world: World, args: list[str]) -> str:
         out += [
             f'macaddress{slot}="{nic.mac}"',
             f'cableconnected{slot}="{"on" if connected else "off"}"',
-            f'nic{slot}="{nic.attachment}"',
+            # real 7.2 capitalises this one attachment name only (checked in tests/vbox)
+            f'nic{slot}="{"Generic" if nic.attachment == "generic" else nic.attachment}"',
             f'nictype{slot}="82540EM"',
             f'nicspeed{slot}="0"',
         ]
