@@ -40,6 +40,9 @@ vboxmanage = "{vboxmanage}"
 [ssh]
 user = "root"
 port = 9
+[timeouts]
+connect = 1
+boot = 2
 [machines.prod]
 address = "127.0.0.5/8"
 [pairs.p]
