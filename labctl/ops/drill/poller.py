@@ -1,0 +1,101 @@
+"""Polling both nodes' addresses over open connections without blocking on a silent one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+
+from labctl import keepalived as ka
+from labctl.ops.drill.timeline import Sample
+from labctl.ops.verify import UNREACHABLE_ERRORS
+from labctl.remote import Remote
+
+POLL_INTERVAL = 0.025
+MAX_INFLIGHT = 2
+STALE_AFTER = 0.5
+
+
+def probe_holds(remote: Remote, vips: Sequence[str], timeout: float) -> bool:
+    """Whether the machine carries any of the VIPs; raises when it does not answer."""
+    result = remote.run(["ip", "-o", "-4", "addr", "show"], check=True, timeout=timeout)
+    addrs = ka.parse_ip_addr(result.stdout)
+    return any(ka.holds(addrs, v) for v in vips)
+
+
+ProbeOutcome = tuple[float, float, bool | None, str | None]  # start, end, holds, error
+
+
+@dataclass
+class _Channel:
+    name: str
+    probe: Callable[[], bool]
+    inflight: list[tuple[float, Future[ProbeOutcome]]] = field(default_factory=list)
+    next_due: float = 0.0
+    last_answer: float = 0.0
+    stale_reported: float = 0.0
+
+
+@dataclass
+class Poller:
+    """Samples every node every ``interval`` s without ever blocking on a silent one.
+
+    An SSH exec round trip (~40-50 ms to a guest's sshd) is longer than the interval, so up to
+    ``max_inflight`` probes per node overlap; each sample is stamped with the middle of its
+    round trip. An answer that took longer than ``stale_after`` is stamped with its end instead:
+    it may have waited out a freeze, and what it shows is the state after it. A node that has
+    not answered for ``stale_after`` while a probe is outstanding is sampled as unreachable.
+    """
+
+    probes: Mapping[str, Callable[[], bool]]
+    clock: Callable[[], float]
+    executor: Executor
+    interval: float = POLL_INTERVAL
+    stale_after: float = STALE_AFTER
+    max_inflight: int = MAX_INFLIGHT
+    samples: list[Sample] = field(default_factory=list)
+    _channels: list[_Channel] = field(default_factory=list)
+    _latest: dict[str, Sample] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._channels = [_Channel(name, probe) for name, probe in self.probes.items()]
+
+    def _run(self, probe: Callable[[], bool]) -> ProbeOutcome:
+        start = self.clock()
+        try:
+            holds: bool | None = probe()
+            error = None
+        except UNREACHABLE_ERRORS as exc:
+            holds, error = None, str(exc) or type(exc).__name__
+        return start, self.clock(), holds, error
+
+    def _add(self, sample: Sample) -> None:
+        self.samples.append(sample)
+        latest = self._latest.get(sample.node)
+        if latest is None or sample.t >= latest.t:
+            self._latest[sample.node] = sample
+
+    def tick(self) -> None:
+        now = self.clock()
+        for ch in self._channels:
+            for item in [i for i in ch.inflight if i[1].done()]:
+                ch.inflight.remove(item)
+                start, end, holds, error = item[1].result()
+                slow = end - start > self.stale_after
+                ch.last_answer = max(ch.last_answer, end)
+                self._add(Sample(end if slow else (start + end) / 2, ch.name, holds, error))
+            oldest = min((started for started, _ in ch.inflight), default=now)
+            if (
+                now - oldest >= self.stale_after
+                and now - ch.last_answer >= self.stale_after
+                and now - ch.stale_reported >= self.interval
+            ):
+                waited = now - oldest
+                self._add(Sample(now, ch.name, None, f"no answer for {waited:.2f} s"))
+                ch.stale_reported = now
+            if len(ch.inflight) < self.max_inflight and now >= ch.next_due:
+                ch.next_due = now + self.interval
+                ch.inflight.append((now, self.executor.submit(self._run, ch.probe)))
+
+    def latest(self, name: str) -> Sample | None:
+        return self._latest.get(name)
