@@ -148,7 +148,7 @@ def template_context(profile: Profile, pair_name: str, role: Role) -> dict[str, 
         "state": "MASTER" if role == "primary" and pair.preempt else "BACKUP",
         "vrid": pair.vrid,
         "priority": pair.priority.primary if role == "primary" else pair.priority.standby,
-        "advert_int": pair.advert_int,
+        "advert_int": advert_int_text(pair.advert_int),
         "vrrp_version": pair.vrrp_version,
         "preempt": pair.preempt,
         "unicast": pair.unicast,
@@ -161,6 +161,11 @@ def template_context(profile: Profile, pair_name: str, role: Role) -> dict[str, 
 def render_template(context: dict[str, Any]) -> str:
     """keepalived.conf.j2 rendered with labctl's Jinja2 options (see JINJA_OPTIONS)."""
     return _env.get_template(TEMPLATE).render(**context)
+
+
+def advert_int_text(seconds: float) -> str:
+    """advert_int as keepalived reads it: ``1`` for whole seconds, ``0.1`` for VRRPv3 fractions."""
+    return f"{seconds:.2f}".rstrip("0").rstrip(".")
 
 
 def mask(text: str, secrets: Iterable[str]) -> str:

@@ -23,6 +23,12 @@ _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 _PAIR_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 AUTH_PASS_MAX = 8
+# keepalived 2.2.7 (vrrp_parser.c) reads advert_int as a decimal of 0.01..255 s; then
+# (vrrp.c) VRRPv2 rounds it to whole seconds and VRRPv3 to centiseconds, capped at 40.95 s
+# (a 12-bit field of centiseconds), each with only a log line: labctl refuses those values.
+ADVERT_INT_MIN = 0.01
+ADVERT_INT_MAX = 255
+ADVERT_INT_V3_MAX = 40.95
 
 Role = Literal["primary", "standby"]
 
@@ -243,7 +249,11 @@ class PairSpec(BaseModel):
     vrid: int = Field(description="virtual_router_id, 1..255, unique per segment")
     vip: list[str] = Field(description="virtual IPs with prefix, e.g. ['192.168.68.89/24']")
     priority: Priorities
-    advert_int: int = Field(1, description="seconds between adverts, 1..255")
+    advert_int: float = Field(
+        1,
+        description="seconds between adverts: whole seconds 1..255 with VRRPv2, "
+        "0.01..40.95 in steps of 0.01 with VRRPv3",
+    )
     auth_pass: str | None = Field(None, description="PASS authentication, at most 8 characters")
     auth_pass_env: str | None = Field(None, description="environment variable holding auth_pass")
     preempt: bool = Field(True, description="false = nopreempt (both nodes start as BACKUP)")
@@ -277,9 +287,11 @@ class PairSpec(BaseModel):
 
     @field_validator("advert_int")
     @classmethod
-    def _advert_int(cls, value: int) -> int:
-        if not 1 <= value <= 255:
-            raise ValueError("must be 1..255")
+    def _advert_int(cls, value: float) -> float:
+        # keepalived 2.2.7 parses 0.01..255 s; the version-dependent rules (whole seconds for
+        # v2, centiseconds up to 40.95 s for v3) are in profile_load.semantic_problems
+        if not ADVERT_INT_MIN <= value <= ADVERT_INT_MAX:
+            raise ValueError(f"must be {ADVERT_INT_MIN}..{ADVERT_INT_MAX:g} seconds")
         return value
 
     @field_validator("vip")

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from labctl.errors import ProfileError
-from labctl.profile import PairSpec, Profile, check_hostname, host_ip
+from labctl.profile import ADVERT_INT_V3_MAX, PairSpec, Profile, check_hostname, host_ip
 
 
 def resolve_path(ref: str | None, cwd: Path | None = None) -> Path:
@@ -198,6 +198,7 @@ def semantic_problems(profile: Profile, *, check_env: bool = False) -> Iterator[
                 f"{key}.priority: primary ({pair.priority.primary}) must be higher than "
                 f"standby ({pair.priority.standby})"
             )
+        yield from _advert_int_problems(key, pair)
         if pair.auth_pass is None and pair.auth_pass_env is None:
             yield f"{key}: set auth_pass or auth_pass_env"
         elif pair.auth_pass is not None and pair.auth_pass_env is not None:
@@ -216,6 +217,30 @@ def semantic_problems(profile: Profile, *, check_env: bool = False) -> Iterator[
     # every machine address is claimed above, so a VIP is compared against all of them
     for pname, pair in profile.pairs.items():
         yield from _vip_problems(profile, pname, pair, owners, vips, lab_net)
+
+
+def _advert_int_problems(key: str, pair: PairSpec) -> Iterator[str]:
+    """What keepalived would silently change: it rounds, labctl refuses (see ADVERT_INT_*)."""
+    value = pair.advert_int
+    if pair.vrrp_version == 2:
+        if value != int(value):
+            yield (
+                f"{key}.advert_int: {value:g} s is not whole seconds; VRRPv2 adverts are whole "
+                f"seconds (keepalived would round it to {max(1, int(value + 0.5))}); "
+                "set vrrp_version = 3 for sub-second adverts"
+            )
+        return
+    centis = value * 100
+    if abs(centis - round(centis)) > 1e-6:
+        yield (
+            f"{key}.advert_int: {value:g} s is not a multiple of 0.01 s; VRRPv3 counts "
+            f"centiseconds (keepalived would round it to {int(centis + 0.5) / 100:g})"
+        )
+    elif value > ADVERT_INT_V3_MAX:
+        yield (
+            f"{key}.advert_int: {value:g} s is more than VRRPv3 allows ({ADVERT_INT_V3_MAX} s; "
+            f"keepalived would set {ADVERT_INT_V3_MAX})"
+        )
 
 
 def _claim(

@@ -158,6 +158,16 @@ def test_theory_hard_graceful_and_health_bound(profile: Profile) -> None:
     assert theory(pair, Fault.HEALTH, taker_priority=100) == (2 * 1 + 3.609375, "bound")
 
 
+def test_theory_v3_scales_the_skew_with_advert_int(tmp_path: Path) -> None:
+    # keepalived's VRRP_TIMER_SKEW for v3 and RFC 5798: ((256 - priority) * advert_int) / 256
+    (tmp_path / "check_heartbeat.sh").write_text("#!/bin/sh\nexit 0\n")
+    text = PROFILE.replace("advert_int = 1", "advert_int = 0.1\nvrrp_version = 3")
+    pair = parse(text, path=tmp_path / "lab.toml").pair("back")
+    hard, kind = theory(pair, Fault.CRASH, taker_priority=100)
+    assert kind == "hard" and hard == pytest.approx(0.3 + 156 * 0.1 / 256)
+    assert theory(pair, Fault.STOP, taker_priority=100)[0] == pytest.approx(156 * 0.1 / 256)
+
+
 def test_analyse_gap_overlap_and_unreachable_from_samples() -> None:
     a, b = "old", "new"
     samples = [

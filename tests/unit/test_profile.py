@@ -192,6 +192,39 @@ CASES: list[tuple[str, str, str, list[str]]] = [
         ["pairs.back.check.weight: must be -253..253"],
     ),
     (
+        "v2 advert_int not whole seconds",
+        "advert_int = 1",
+        "advert_int = 0.5",
+        [
+            "pairs.back.advert_int: 0.5 s is not whole seconds; VRRPv2 adverts are whole seconds "
+            "(keepalived would round it to 1); set vrrp_version = 3 for sub-second adverts"
+        ],
+    ),
+    (
+        "v3 advert_int finer than centiseconds",
+        "advert_int = 1",
+        "advert_int = 0.105\nvrrp_version = 3",
+        [
+            "pairs.back.advert_int: 0.105 s is not a multiple of 0.01 s; VRRPv3 counts "
+            "centiseconds (keepalived would round it to 0.11)"
+        ],
+    ),
+    (
+        "v3 advert_int above its 12-bit field",
+        "advert_int = 1",
+        "advert_int = 41\nvrrp_version = 3",
+        [
+            "pairs.back.advert_int: 41 s is more than VRRPv3 allows (40.95 s; "
+            "keepalived would set 40.95)"
+        ],
+    ),
+    (
+        "advert_int below keepalived's range",
+        "advert_int = 1",
+        "advert_int = 0.001\nvrrp_version = 3",
+        ["pairs.back.advert_int: must be 0.01..255 seconds"],
+    ),
+    (
         "backend unknown",
         'backend = "virtualbox"',
         'backend = "vmware"',
@@ -355,3 +388,13 @@ def test_parse_raises_profile_error_with_all_problems() -> None:
         "pairs.back.check.interval: must be 1..3600",
     ]
     assert info.value.exit_code == EXIT_PROFILE
+
+
+def test_v3_accepts_centisecond_adverts(write_profile: Callable[[str], Path]) -> None:
+    from labctl import profile as profile_mod
+
+    for text, seconds in (("0.1", 0.1), ("0.01", 0.01), ("40.95", 40.95), ("2", 2.0)):
+        path = write_profile(
+            BASE_PROFILE.replace("advert_int = 1", f"advert_int = {text}\nvrrp_version = 3")
+        )
+        assert profile_mod.load(str(path)).pair("back").advert_int == seconds

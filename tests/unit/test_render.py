@@ -149,3 +149,18 @@ def test_parse_ip_addr_and_holds() -> None:
 
 def test_mask_longest_first() -> None:
     assert ka.mask("pass passwd", ["pass", "passwd"]) == f"{ka.MASK} {ka.MASK}"
+
+
+def test_vrrp_v3_renders_centisecond_adverts_without_auth(
+    write_profile: Callable[[str], Path],
+) -> None:
+    from tests.unit.conftest import BASE_PROFILE
+
+    path = write_profile(
+        BASE_PROFILE.replace("advert_int = 1", "advert_int = 0.1\nvrrp_version = 3")
+    )
+    conf = ka.render_node(profile_mod.load(str(path)), "back", "standby").conf
+    assert "  advert_int 0.1\n" in conf and "  version 3\n" in conf
+    assert "authentication" not in conf and "auth_pass" not in conf
+    # whole seconds stay integers, as before
+    assert "  advert_int 1\n" in ka.render_node(profile_mod.load("it490"), "back", "primary").conf

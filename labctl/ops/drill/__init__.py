@@ -24,9 +24,11 @@ A node whose probe fails or has not answered within ``stale_after`` seconds is r
 unreachable in the timeline, never as "not holding".
 
 Theory beside measured: a hard fault (crash, freeze, link, partition) takes the backup's
-master-down interval, ``3 × advert_int + (256 − priority)/256``; a graceful stop its skew time
-``(256 − priority)/256`` (priority of the node taking over); for ``health`` the figure is an
-upper bound, ``check.interval × check.fall`` plus the master-down interval.
+master-down interval, ``3 × advert_int + skew``; a graceful stop its skew time alone (priority
+of the node taking over). As keepalived computes it (``VRRP_TIMER_SKEW``): VRRPv2 ``skew =
+(256 − priority)/256`` s; VRRPv3 ``skew = ((256 − priority) × advert_int)/256`` (RFC 5798), so
+a v3 pair at ``advert_int = 0.1`` with priority 100 takes 0.3609 s. For ``health`` the figure
+is an upper bound, ``check.interval × check.fall`` plus the master-down interval.
 
 JSON shape (``labctl failover --json``), stable; keys are never removed, only added::
 

@@ -53,9 +53,20 @@ exit 1;
 """
 
 
+def skew_time(pair: PairSpec, priority: int) -> float:
+    """keepalived's skew time for a backup of this priority (VRRP_TIMER_SKEW in vrrp.h).
+
+    VRRPv3 (RFC 5798): ``((256 − priority) × Master_Adver_Interval) / 256``; VRRPv2 (RFC 3768
+    and keepalived's v2 code): ``(256 − priority) / 256`` s, whatever advert_int is.
+    """
+    if pair.vrrp_version == 3:
+        return (256 - priority) * pair.advert_int / 256
+    return (256 - priority) / 256
+
+
 def theory(pair: PairSpec, fault: Fault, *, taker_priority: int) -> tuple[float, str]:
     """The VRRP figure a takeover should take, and its kind (hard | graceful | bound)."""
-    skew = (256 - taker_priority) / 256
+    skew = skew_time(pair, taker_priority)
     if fault is Fault.STOP:
         return skew, "graceful"
     if fault is Fault.HEALTH:
@@ -111,7 +122,7 @@ class FaultInjector:
     def wait_for_advert(self, name: str) -> bool:
         """Return right after ``name`` sent a VRRP advert; False when that could not be seen."""
         advert_int = self.profile.pair(self.pair_name).advert_int
-        argv = ["perl", "-e", WAIT_FOR_OWN_ADVERT, self._ip(name), str(2 * advert_int)]
+        argv = ["perl", "-e", WAIT_FOR_OWN_ADVERT, self._ip(name), f"{2 * advert_int:g}"]
         try:
             result = self.remotes[name].run(
                 argv, check=False, timeout=2 * advert_int + self.command_timeout
