@@ -16,7 +16,10 @@ What is checked, and how:
   hold it (bash's /dev/tcp triggers the ARP request; ``ip neigh`` shows who answered); the VRID
   not used by anyone else on the segment, by listening for VRRP adverts for a few seconds on a
   node with a raw socket; the installed configs of both nodes agree on VRID, VIPs, advert_int,
-  version and authentication (a mismatch is a lasting split brain), and match the profile.
+  version and authentication (a mismatch is a lasting split brain), and match the profile;
+  each node hears the adverts its reachable peer sends (both listen at once; a peer that sends
+  while the other hears nothing means the network drops VRRP: use unicast; see
+  ops/doctor_adverts.py).
 
 The listener is a few lines of Perl run with the guest's ``perl`` (Debian's perl-base is
 Essential: present even on minbase guests, which have no tcpdump or python). Running it on a
@@ -50,6 +53,7 @@ from typing import Any
 from labctl import keepalived as ka
 from labctl.errors import EXIT_CHECKS, EXIT_OK, LabctlError
 from labctl.hypervisor import KERNEL_DRIVER_HINT, Hypervisor, VirtualBoxDetails
+from labctl.ops import doctor_adverts
 from labctl.ops.verify import UNREACHABLE_ERRORS, describe_error, split_sections
 from labctl.profile import Node, Profile
 from labctl.remote import Remote
@@ -573,7 +577,11 @@ class Doctor:
                         f"pick pairs.{pair_name}.vip inside {own.interface.network}",
                     )
             out.extend(self._vip_answer(pair_name, vip, nodes, facts, remotes))
-        out.extend(self._vrid_check(pair_name, nodes, remotes))
+        # both listen for the same few seconds, side by side
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="doctor-adverts") as pool:
+            heard = pool.submit(self._advert_check, pair_name, nodes, remotes)
+            out.extend(self._vrid_check(pair_name, nodes, remotes))
+            out.extend(heard.result())
         out.extend(self._conf_check(pair_name, nodes, facts))
         return out
 
@@ -667,6 +675,25 @@ class Doctor:
                 f"{vip_ip} is already answered by {mac} while neither node holds it",
                 f"free {vip_ip} on that machine or pick another pairs.{pair_name}.vip",
             )
+        ]
+
+    def _advert_check(
+        self, pair_name: str, nodes: Sequence[Node], remotes: dict[str, Remote]
+    ) -> list[Check]:
+        pair = self.profile.pairs[pair_name]
+        seconds = max(self.listen_seconds, pair.advert_int + 1)
+        found = doctor_adverts.listen(
+            pair_name, pair, nodes, remotes, seconds=seconds, timeout=self.command_timeout
+        )
+        return [
+            Check(
+                f"pairs.{pair_name}",
+                "adverts",
+                Status.OK if f.ok else Status.FAIL,
+                f.detail,
+                f.fix,
+            )
+            for f in found
         ]
 
     def _vrid_check(

@@ -98,6 +98,7 @@ class FakeMachine:
     stats: dict[str, tuple[str, str]] = field(default_factory=dict)
     neigh: dict[str, str] = field(default_factory=dict)  # ip -> MAC answering ARP
     adverts: list[tuple[str, int, int]] = field(default_factory=list)
+    tap: list[tuple[str, str, int]] = field(default_factory=list)  # VRRP seen: src, dst, count
     commands: list[tuple[str, ...]] = field(default_factory=list)
     on_command: Callable[[tuple[str, ...]], None] | None = None
     has_nft: bool = False
@@ -171,6 +172,9 @@ class FakeRemote:
             vip = shlex.split(cmd[2].splitlines()[-1])[4]
             mac = m.neigh.get(vip)
             return (f"{vip} lladdr {mac} REACHABLE\n" if mac else f"{vip} INCOMPLETE\n"), 0
+        if cmd[:2] == ("perl", "-e") and "vrrp tap" in cmd[2]:
+            lines = [f"{src} {dst} {count}" for src, dst, count in m.tap]
+            return "\n".join([*lines, "done"]) + "\n", 0
         if cmd[:2] == ("perl", "-e") and "packet socket" in cmd[2]:
             return "advert\n", 0
         if cmd[:2] == ("perl", "-e"):

@@ -128,6 +128,52 @@ def test_healthy_pair_passes_with_a_warning_about_keepalived_2_2_7(
         assert got[key] == {"OK"}, key
 
 
+PRIMARY_IP, STANDBY_IP = "10.249.90.10", "10.249.90.20"
+
+
+def test_a_backup_that_hears_the_masters_adverts_is_ok(profile: Profile, lab: Lab) -> None:
+    lab.primary.tap = [(PRIMARY_IP, "224.0.0.18", 3)]  # it sends; a BACKUP sends nothing
+    lab.standby.tap = [(PRIMARY_IP, "224.0.0.18", 3)]
+    report = lab.doctor(profile)
+    (check,) = find(report, "pairs.back", "adverts")
+    assert check.status is Status.OK and report.ok
+    assert check.detail == "prod-back-standby hears prod-back's adverts (3 in 3 s)"
+
+
+def test_adverts_sent_but_never_heard_say_so_and_suggest_unicast(
+    profile: Profile, lab: Lab
+) -> None:
+    # multicast dropped between the nodes: both became MASTER, each hears only itself
+    lab.primary.tap = [(PRIMARY_IP, "224.0.0.18", 3)]
+    lab.standby.tap = [(STANDBY_IP, "224.0.0.18", 3)]
+    report = lab.doctor(profile)
+    checks = find(report, "pairs.back", "adverts")
+    assert [c.status for c in checks] == [Status.FAIL, Status.FAIL]
+    assert not report.ok and report.exit_code == 6
+    assert checks[0].detail.startswith(
+        "prod-back heard no VRRP adverts from prod-back-standby in 3 s although "
+        "prod-back-standby sent 3 (multicast to 224.0.0.18)"
+    )
+    assert checks[0].fix is not None and "pairs.back.unicast = true" in checks[0].fix
+
+
+def test_a_unicast_pair_that_hears_nothing_is_not_told_to_use_unicast(tmp_path: Path) -> None:
+    from labctl.ops import doctor_adverts
+
+    (tmp_path / "check_heartbeat.sh").write_text("#!/bin/sh\nexit 0\n")
+    prof = parse(
+        PROFILE.replace("advert_int = 1", "advert_int = 1\nunicast = true"),
+        path=tmp_path / "l.toml",
+    )
+    nodes = prof.nodes("back")
+    taps = {"prod-back": {(PRIMARY_IP, STANDBY_IP): 2}, "prod-back-standby": {}}
+    (finding,) = doctor_adverts.judge("back", prof.pair("back"), nodes, taps, 3)
+    assert not finding.ok and "(unicast)" in finding.detail
+    assert finding.fix is not None and "unicast = true" not in finding.fix
+    assert doctor_adverts.parse_tap("1.2.3.4 5.6.7.8 2\n1.2.3.4 5.6.7.8 1\n") is None
+    assert doctor_adverts.parse_tap("1.2.3.4 5.6.7.8 2\ndone\n") == {("1.2.3.4", "5.6.7.8"): 2}
+
+
 def test_missing_script_user_on_a_configured_node_fails(profile: Profile, lab: Lab) -> None:
     lab.standby.script_user = False
     report = lab.doctor(profile)
