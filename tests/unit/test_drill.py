@@ -56,6 +56,7 @@ class World:
         failback: float = 0.3,
         handover: float = 0.05,
         standby_keeps: bool = False,
+        primary_returns: bool = True,
     ) -> None:
         self.clock = clock
         self.primary = FakeMachine("prod-back", "10.249.90.10/24", files={CHECK: b"original"})
@@ -63,6 +64,7 @@ class World:
         self.primary.vips = [VIP]
         self.takeover, self.release, self.unreachable = takeover, release, unreachable
         self.failback, self.handover, self.standby_keeps = failback, handover, standby_keeps
+        self.primary_returns = primary_returns  # False: nopreempt, the standby keeps the VIP
         self.fault_at: float | None = None
         self.recover_at: float | None = None
         for m in (self.primary, self.standby):
@@ -116,9 +118,12 @@ class World:
         if self.recover_at is not None:
             since = now - self.recover_at
             reachable = True
-            primary = [VIP] if since >= self.failback else primary
-            if since >= self.failback + self.handover and not self.standby_keeps:
-                standby = []
+            if not self.primary_returns:
+                primary, standby = [], standby
+            else:
+                primary = [VIP] if since >= self.failback else primary
+                if since >= self.failback + self.handover and not self.standby_keeps:
+                    standby = []
             if self.release is not None and since < self.failback:
                 primary = []
         self.primary.vips, self.standby.vips = primary, standby
@@ -355,6 +360,40 @@ def test_a_pair_that_ends_on_two_nodes_is_reported_loudly(profile: Profile) -> N
     assert not report.ended_ok and report.exit_code == 6
     assert report.final_holders == ("prod-back", "prod-back-standby")
     assert any("did NOT end with the VIP on exactly one node" in p for p in report.all_problems())
+
+
+def nopreempt(tmp_path: Path) -> Profile:
+    (tmp_path / "check_heartbeat.sh").write_text("#!/bin/sh\nexit 0\n")
+    text = PROFILE.replace("advert_int = 1", "advert_int = 1\npreempt = false")
+    return parse(text, path=tmp_path / "lab.toml")
+
+
+def test_nopreempt_pair_settles_on_the_node_that_took_over(tmp_path: Path) -> None:
+    world = World(FakeClock(), takeover=SKEW, release=0.01, primary_returns=False)
+    report = drill(nopreempt(tmp_path), world, Fault.STOP).run(1)
+    assert report.ok, report.all_problems()
+    (trial,) = report.trials
+    assert trial.settled_on == "prod-back-standby"
+    assert report.final_holders == ("prod-back-standby",)
+
+
+def test_nopreempt_pair_that_fails_back_after_a_restart_is_a_problem(tmp_path: Path) -> None:
+    world = World(FakeClock(), takeover=SKEW, release=0.01)  # the primary takes it back
+    d = drill(nopreempt(tmp_path), world, Fault.STOP)
+    d.failback_deadline = 5.0
+    report = d.run(1)
+    assert not report.ok
+    assert any("did not settle within 5 s" in p for p in report.all_problems())
+
+
+def test_settle_target_follows_nopreempt_only_for_faults_that_restart_keepalived(
+    profile: Profile, tmp_path: Path
+) -> None:
+    pair, off = profile.pair("back"), nopreempt(tmp_path).pair("back")
+    for fault in Fault:
+        assert drill_op.settle_target(pair, fault, "a", "b", primary="a") == "a"
+        want = "b" if fault in (Fault.STOP, Fault.CRASH, Fault.HEALTH) else "a"
+        assert drill_op.settle_target(off, fault, "a", "b", primary="a") == want
 
 
 def test_several_trials_give_min_median_max(profile: Profile) -> None:

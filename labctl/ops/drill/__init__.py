@@ -6,7 +6,9 @@ peer's master-down timer starts at injection and measured compares with theory),
 poll both nodes' addresses over their already-open connections (a probe is started on each
 node every ``poll_interval`` seconds, at most one in flight per node, each sample stamped with
 the middle of its round trip), wait for the other node to take the VIP, recover the fault and
-wait for the pair to settle again (back on the primary when the pair preempts).
+wait for the pair to settle again where VRRP says it should (``settle_target``: back on the
+primary when the pair preempts; with ``preempt = false`` on the node that took over after stop,
+crash and health, on the primary after freeze, link and partition).
 
 Faults (``fault`` on the current holder):
 
@@ -75,6 +77,7 @@ from labctl.ops.drill.faults import (
     WAIT_FOR_OWN_ADVERT,
     Fault,
     FaultInjector,
+    settle_target,
     theory,
 )
 from labctl.ops.drill.poller import (
@@ -123,5 +126,6 @@ __all__ = [
     "analyse",
     "changes",
     "probe_holds",
+    "settle_target",
     "theory",
 ]

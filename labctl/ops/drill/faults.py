@@ -64,6 +64,25 @@ def skew_time(pair: PairSpec, priority: int) -> float:
     return (256 - priority) / 256
 
 
+# faults after which the faulted node comes back as a BACKUP (keepalived restarted, or its
+# priority lowered and then restored); under the others it never stopped being MASTER
+RESTARTS_AS_BACKUP = frozenset({Fault.STOP, Fault.CRASH, Fault.HEALTH})
+
+
+def settle_target(pair: PairSpec, fault: Fault, faulted: str, peer: str, *, primary: str) -> str:
+    """The node that should hold the VIP once the fault is undone.
+
+    With preempt, the highest priority node: the primary. With ``nopreempt``, a node that comes
+    back as BACKUP does not take the VIP from a lower priority MASTER, so after stop, crash and
+    health the node that took over keeps it; after freeze, link and partition the faulted node
+    was MASTER all along, and of two MASTERs that hear each other the higher priority wins
+    (RFC 5798 6.4.3), whatever nopreempt says: the primary again.
+    """
+    if not pair.preempt and fault in RESTARTS_AS_BACKUP:
+        return peer
+    return primary
+
+
 def theory(pair: PairSpec, fault: Fault, *, taker_priority: int) -> tuple[float, str]:
     """The VRRP figure a takeover should take, and its kind (hard | graceful | bound)."""
     skew = skew_time(pair, taker_priority)

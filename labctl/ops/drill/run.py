@@ -13,7 +13,7 @@ from typing import Any
 
 from labctl.errors import GuestUnreachable, LabctlError
 from labctl.hypervisor import Hypervisor
-from labctl.ops.drill.faults import HARD_FAULTS, Fault, FaultInjector, theory
+from labctl.ops.drill.faults import HARD_FAULTS, Fault, FaultInjector, settle_target, theory
 from labctl.ops.drill.poller import MAX_INFLIGHT, POLL_INTERVAL, STALE_AFTER, Poller, probe_holds
 from labctl.ops.drill.timeline import DrillReport, Sample, Trial, analyse
 from labctl.ops.verify import UNREACHABLE_ERRORS
@@ -240,8 +240,9 @@ class Drill:
         recovered_at = recover_start - t0
         failback: float | None = None
         settled_on: str | None = None
-        # with preempt the pair settles on its highest priority node, the primary
-        want = self.profile.nodes(self.pair_name)[0].name if self.pair.preempt else None
+        want = settle_target(
+            self.pair, self.fault, faulted, peer, primary=self.profile.nodes(self.pair_name)[0].name
+        )
         since = [None]
         if self._wait(poller, lambda: self._settled(poller, want, since), self.failback_deadline):
             assert since[0] is not None
