@@ -10,8 +10,9 @@ import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from labctl.cli import run
 from labctl.hypervisor.nspawn_image import ensure_image
@@ -28,8 +29,11 @@ from tests.lab.conftest import (
 
 
 @contextlib.contextmanager
-def provisioned_lab(pairs: int) -> Iterator[Profile]:
-    """Boot ``pairs`` pairs (production + linked clone), provision them, wait until OK."""
+def provisioned_lab(pairs: int, pair_extra: Mapping[str, Any] | None = None) -> Iterator[Profile]:
+    """Boot ``pairs`` pairs (production + linked clone), provision them, wait until OK.
+
+    ``pair_extra`` overrides keys of every pair table (e.g. VRRPv3 with 0.1 s adverts).
+    """
     if os.geteuid() != 0:
         raise SystemExit("benchmarks boot nspawn guests: run as root")
     images = Path(os.environ.get("LABCTL_IMAGES") or DEFAULT_IMAGES)
@@ -47,7 +51,7 @@ def provisioned_lab(pairs: int) -> Iterator[Profile]:
         os.environ["LABCTL_IMAGES"] = str(images)
         try:
             ensure_image("bookworm")
-            prof = write_profile(env, workdir, pairs)
+            prof = write_profile(env, workdir, pairs, pair_extra=pair_extra)
             bring_up(prof)
             names = list(prof.pairs)
             with contextlib.redirect_stdout(sys.stderr):

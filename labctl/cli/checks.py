@@ -231,6 +231,7 @@ def failover_cmd(state: State, pair: str, fault: str, trials: int, as_json: bool
     remotes = _connect_nodes(prof, nodes)
     by_name = {n.name: n for n in nodes}
     reopen = _node_connector(prof, deadline=2.0)
+    interval, inflight = drill_op.poll_plan(prof.pair(pair).advert_int)
     try:
         drill = drill_op.Drill(
             prof,
@@ -238,6 +239,8 @@ def failover_cmd(state: State, pair: str, fault: str, trials: int, as_json: bool
             kind,
             remotes,
             hypervisor,
+            poll_interval=interval,
+            max_inflight=inflight,
             progress=note,
             reconnect=lambda name: reopen(by_name[name]),
         )

@@ -86,6 +86,7 @@ from labctl.ops.drill.poller import (
     STALE_AFTER,
     Poller,
     ProbeOutcome,
+    poll_plan,
     probe_holds,
 )
 from labctl.ops.drill.run import (
@@ -125,6 +126,7 @@ __all__ = [
     "Trial",
     "analyse",
     "changes",
+    "poll_plan",
     "probe_holds",
     "settle_target",
     "theory",

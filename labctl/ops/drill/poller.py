@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -14,6 +15,21 @@ from labctl.remote import Remote
 POLL_INTERVAL = 0.025
 MAX_INFLIGHT = 2
 STALE_AFTER = 0.5
+FAST_POLL_INTERVAL = 0.01  # for sub-second adverts (VRRPv3)
+PROBE_ROUND_TRIP = 0.05  # about what one SSH exec of `ip -o addr` takes to a lab guest
+
+
+def poll_plan(advert_int: float) -> tuple[float, int]:
+    """(poll interval, probes in flight per node) that resolve a takeover of this pair.
+
+    Whole-second adverts: every 25 ms, two probes in flight. Sub-second (VRRPv3) adverts: every
+    10 ms, with enough probes overlapping to cover one SSH round trip, so the samples of a
+    node stay about 10 ms apart although each takes ~50 ms.
+    """
+    if advert_int >= 1:
+        return POLL_INTERVAL, MAX_INFLIGHT
+    inflight = max(MAX_INFLIGHT, math.ceil(PROBE_ROUND_TRIP / FAST_POLL_INTERVAL))
+    return FAST_POLL_INTERVAL, inflight
 
 
 def probe_holds(remote: Remote, vips: Sequence[str], timeout: float) -> bool:

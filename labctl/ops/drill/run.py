@@ -55,6 +55,7 @@ class Drill:
     sleep: Callable[[float], None] = time.sleep
     executor: Executor | None = None
     poll_interval: float = POLL_INTERVAL
+    max_inflight: int = MAX_INFLIGHT
     stale_after: float = STALE_AFTER
     probe_timeout: float = PROBE_TIMEOUT
     settle_deadline: float = SETTLE_DEADLINE
@@ -108,6 +109,7 @@ class Drill:
             self.clock,
             executor,
             interval=self.poll_interval,
+            max_inflight=self.max_inflight,
             stale_after=self.stale_after,
         )
 
@@ -276,7 +278,7 @@ class Drill:
     def run(self, trials: int = 1) -> DrillReport:
         own = self.executor is None
         # probes of both nodes plus one fault command, with room for probes stuck on a frozen node
-        workers = 2 * MAX_INFLIGHT + 2
+        workers = 2 * self.max_inflight + 2
         executor = self.executor or ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="drill"
         )
