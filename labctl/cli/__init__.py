@@ -1,13 +1,13 @@
 """The labctl command line: load the profile, call an operation, render its result.
 
 ``base`` holds the group, shared options, output helpers and ``run()``/``main()`` (the one
-place errors become output and exit codes); ``lab``, ``provision`` and ``checks`` register
-their commands on the group when imported here.
+place errors become output and exit codes); ``lab``, ``provision``, ``checks`` and ``watch``
+register their commands on the group when imported here.
 """
 
 from __future__ import annotations
 
-from labctl.cli import checks, export, lab, provision  # noqa: F401  (register commands)
+from labctl.cli import checks, export, lab, provision, watch  # noqa: F401  (register commands)
 from labctl.cli.base import State, cli, main, run
 
 __all__ = ["State", "cli", "main", "run"]

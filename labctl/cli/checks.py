@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import click
 
@@ -29,12 +32,22 @@ from labctl.hypervisor import Hypervisor, require
 from labctl.ops import connect as connect_ops
 from labctl.ops import doctor as doctor_op
 from labctl.ops import drill as drill_op
+from labctl.ops import evidence as evidence_op
 from labctl.ops import verify as verify_op
 from labctl.profile import Node, Profile
 from labctl.remote import Remote
 
 # ---------------------------------------------------------------------------
 # Checks and drills (verify issue): verify, failover, doctor
+
+EvidenceOpt = click.option(
+    "--evidence",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Also write an evidence bundle (.tar.gz: journals, state dumps, addresses, configs, "
+    "the result) per pair into DIR.",
+)
 
 # A verify attempt gives an unreachable node only this long: it is then UNKNOWN (exit 5);
 # --wait retries the whole check.
@@ -117,24 +130,67 @@ def _render_verify(report: verify_op.VerifyReport) -> None:
     metavar="SECONDS",
     help="Retry until every pair is OK, for at most SECONDS (e.g. right after provisioning).",
 )
+@EvidenceOpt
 @JsonOpt
 @profile_option
 @pass_state
-def verify_cmd(state: State, pairs: tuple[str, ...], wait: float, as_json: bool) -> None:
+def verify_cmd(
+    state: State, pairs: tuple[str, ...], wait: float, evidence: Path | None, as_json: bool
+) -> None:
     """Check that each pair's virtual IP is on exactly one node and answers as that node.
 
     Verdicts: OK, NO_HOLDER, SPLIT_BRAIN, MISMATCH, UNKNOWN. Exit 0 when every pair is OK,
     5 when a node could not be reached, 6 otherwise.
     """
+    started = time.time()
     prof = state.profile()
+    if evidence is not None:
+        evidence_op.prepare(evidence)
     connect = _node_connector(prof, deadline=VERIFY_CONNECT_DEADLINE)
     report = verify_op.verify(prof, pairs, connect, wait=wait, host_key_reader=_vip_host_key)
+    document = report.to_json()
+    if evidence is not None:
+        bundles = [
+            _verify_evidence(prof, p.pair, document, evidence, started, connect)
+            for p in report.pairs
+        ]
+        document = {**document, "evidence": [str(b) for b in bundles]}
     if as_json:
-        emit_json(report.to_json())
+        emit_json(document)
     else:
         _render_verify(report)
     bad = [f"{p.pair} {p.verdict}" for p in report.pairs if not p.ok]
     _fail_checks(report.exit_code, f"not every pair is OK: {', '.join(bad)}")
+
+
+def _verify_evidence(
+    prof: Profile,
+    pair: str,
+    document: dict[str, object],
+    directory: Path,
+    started: float,
+    connect: Callable[[Node], Remote],
+) -> Path:
+    """One pair's bundle; a node that cannot be reached is recorded in it, not fatal."""
+    remotes: dict[str, Remote] = {}
+    try:
+        for node in prof.nodes(pair):
+            with contextlib.suppress(LabctlError):
+                remotes[node.name] = connect(node)
+        bundle = evidence_op.write_bundle(
+            prof,
+            pair,
+            remotes,
+            directory=directory,
+            what="verify",
+            document=document,
+            started=started,
+            now=time.time,
+        )
+    finally:
+        connect_ops.close_all(remotes.values())
+    note(f"evidence: {bundle}")
+    return bundle
 
 
 def _fmt(value: float | None) -> str:
@@ -202,19 +258,25 @@ def _render_drill(report: drill_op.DrillReport) -> None:
     help="What to break on the current holder.",
 )
 @click.option("--trials", type=click.IntRange(min=1), default=1, show_default=True)
+@EvidenceOpt
 @JsonOpt
 @profile_option
 @pass_state
-def failover_cmd(state: State, pair: str, fault: str, trials: int, as_json: bool) -> None:
+def failover_cmd(
+    state: State, pair: str, fault: str, trials: int, evidence: Path | None, as_json: bool
+) -> None:
     """Break PAIR's VIP holder on purpose and time the standby's takeover.
 
     stop: graceful keepalived stop; crash: SIGKILL keepalived; freeze: pause the machine;
     link: cable out; partition: drop VRRP between the nodes; health: the check script fails.
     Exit 6 when a trial failed or the pair did not end with the VIP on exactly one node.
     """
+    started = time.time()
     prof = state.profile()
     nodes = prof.nodes(pair)
     kind = drill_op.Fault(fault)
+    if evidence is not None:
+        evidence_op.prepare(evidence)
     hypervisor: Hypervisor | None = None
     try:
         hypervisor = _hypervisor(prof)
@@ -245,10 +307,24 @@ def failover_cmd(state: State, pair: str, fault: str, trials: int, as_json: bool
             reconnect=lambda name: reopen(by_name[name]),
         )
         report = drill.run(trials)
+        document = report.to_json()
+        if evidence is not None:
+            bundle = evidence_op.write_bundle(
+                prof,
+                pair,
+                remotes,
+                directory=evidence,
+                what=str(kind),
+                document=document,
+                started=started,
+                now=time.time,
+            )
+            note(f"evidence: {bundle}")
+            document = {**document, "evidence": str(bundle)}
     finally:
         connect_ops.close_all(remotes.values())
     if as_json:
-        emit_json(report.to_json())
+        emit_json(document)
     else:
         _render_drill(report)
     problems = report.all_problems()
