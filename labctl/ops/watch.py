@@ -28,7 +28,7 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,6 +145,7 @@ class Watch:
     wall: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     tick: float = TICK
+    executor: Executor | None = None  # a thread pool by default
     _remotes: dict[str, Remote] = field(default_factory=dict)
     _signums: dict[str, str] = field(default_factory=dict)
     _states: dict[str, tuple[float, str | None]] = field(default_factory=dict)
@@ -201,7 +202,10 @@ class Watch:
         stop: Callable[[], bool],
     ) -> None:
         nodes = self._nodes()
-        executor = ThreadPoolExecutor(max_workers=2 * len(nodes) + 1, thread_name_prefix="watch")
+        own = self.executor is None
+        executor = self.executor or ThreadPoolExecutor(
+            max_workers=2 * len(nodes) + 1, thread_name_prefix="watch"
+        )
         poller = Poller(
             {name: self._probe_for(pair, node) for name, (pair, node) in nodes.items()},
             self.clock,
@@ -211,6 +215,7 @@ class Watch:
             max_inflight=1,
         )
         last: dict[str, tuple[bool, bool | None, str | None]] = {}
+        shown: dict[str, NodeState] = {}  # what the events said so far, node by node
         refreshed = -1e9
         offset = self.wall() - self.clock()
         try:
@@ -238,14 +243,15 @@ class Watch:
                         continue  # a dump that could not be read says nothing new
                     if last.get(sample.node) != key:
                         last[sample.node] = key
-                        latest[sample.node] = now
-                        on_event(Event(now, self._holders(pair, latest, nodes)))
+                        shown[sample.node] = now
+                        on_event(Event(now, self._holders(pair, shown, nodes)))
                 if self.clock() - refreshed >= self.interval:
                     refreshed = self.clock()
-                    on_refresh(self._snapshot(latest, nodes))
+                    on_refresh(self._snapshot({**latest, **shown}, nodes))
                 self.sleep(self.tick)
         finally:
-            executor.shutdown(wait=False, cancel_futures=True)
+            if own:
+                executor.shutdown(wait=False, cancel_futures=True)
             with self._lock:
                 remotes = list(self._remotes.values())
                 self._remotes.clear()

@@ -99,6 +99,7 @@ class FakeMachine:
     neigh: dict[str, str] = field(default_factory=dict)  # ip -> MAC answering ARP
     adverts: list[tuple[str, int, int]] = field(default_factory=list)
     tap: list[tuple[str, str, int]] = field(default_factory=list)  # VRRP seen: src, dst, count
+    journal: list[tuple[int, str]] = field(default_factory=list)  # (realtime usec, message)
     commands: list[tuple[str, ...]] = field(default_factory=list)
     on_command: Callable[[tuple[str, ...]], None] | None = None
     has_nft: bool = False
@@ -159,6 +160,14 @@ class FakeRemote:
         m = self.machine
         if cmd == ("ip", "-o", "-4", "addr", "show"):
             return m.ip_addr(), 0
+        if cmd[:2] == ("sh", "-c") and "@@journal" in cmd[2]:
+            journal = "".join(f"{usec} {msg}\n" for usec, msg in m.journal)
+            conf = m.files.get("/etc/keepalived/keepalived.conf", b"").decode()
+            return (
+                f"@@journal\n{journal}@@json\n{m.json_dump()}@@addr\n{m.ip_addr()}"
+                f"@@neigh\n10.249.90.1 dev host0 lladdr 02:00:00:00:00:01 REACHABLE\n"
+                f"@@conf\n{conf}@@end\n"
+            ), 0
         if cmd[:2] == ("sh", "-c") and "@@json" in cmd[2]:
             kind, key = HOST_KEYS.get(m.name, STRANGER_KEY)
             out = (
@@ -166,6 +175,17 @@ class FakeRemote:
                 f"{kind} {key} root@{m.name}\n@@json\n{m.json_dump()}@@end\n"
             )
             return out, 0
+        if cmd == ("keepalived", "--signum=JSON"):
+            return "36\n", 0
+        if cmd[:2] == ("sh", "-c") and "@@state" in cmd[2]:
+            state = m.json_dump() if m.service == "active" else "STOPPED\n"
+            return f"{m.ip_addr()}@@state\n{state}@@end\n", 0
+        if cmd[:3] == ("journalctl", "-u", "keepalived"):
+            lines = [
+                json.dumps({"__REALTIME_TIMESTAMP": str(usec), "MESSAGE": msg})
+                for usec, msg in m.journal
+            ]
+            return "".join(f"{line}\n" for line in lines), 0
         if cmd[:2] == ("sh", "-c") and "@@version" in cmd[2]:
             return self._facts(cmd[2]), 0
         if cmd[:2] == ("sh", "-c") and "ip neigh show" in cmd[2]:
