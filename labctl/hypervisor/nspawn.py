@@ -462,8 +462,7 @@ class NspawnHypervisor:
         self._require(a)
         self._require(b)
         pa, pb = self.port(a), self.port(b)
-        net.add_element(self.table, "vrrp_block", f"{pa} . {pb}")
-        net.add_element(self.table, "vrrp_block", f"{pb} . {pa}")
+        net.add_element(self.table, "vrrp_block", f"{pa} . {pb}", f"{pb} . {pa}")
 
     def unblock_vrrp(self, a: str, b: str) -> None:
         """Remove what block_vrrp(a, b) added; a no-op when nothing is blocked."""

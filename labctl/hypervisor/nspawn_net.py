@@ -140,10 +140,11 @@ def _quote(element: str) -> str:
     return " . ".join(f'"{part.strip()}"' for part in element.split(" . "))
 
 
-def add_element(table: str, set_name: str, element: str) -> None:
+def add_element(table: str, set_name: str, *elements: str) -> None:
+    """Add elements in one nft call (``add`` is idempotent); fast, as a fault's start is timed."""
     ensure_table(table)
-    if element not in set_elements(table, set_name):
-        run(["nft", "add", "element", "bridge", table, set_name, f"{{ {_quote(element)} }}"])
+    quoted = ", ".join(_quote(e) for e in elements)
+    run(["nft", "add", "element", "bridge", table, set_name, f"{{ {quoted} }}"])
 
 
 def remove_element(table: str, set_name: str, element: str) -> None:
