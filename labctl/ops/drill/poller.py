@@ -15,7 +15,7 @@ from labctl.remote import Remote
 POLL_INTERVAL = 0.025
 MAX_INFLIGHT = 2
 STALE_AFTER = 0.5
-FAST_POLL_INTERVAL = 0.01  # for sub-second adverts (VRRPv3)
+FAST_POLL_INTERVAL = 0.0125  # for sub-second adverts (VRRPv3)
 PROBE_ROUND_TRIP = 0.05  # about what one SSH exec of `ip -o addr` takes to a lab guest
 
 
@@ -23,7 +23,7 @@ def poll_plan(advert_int: float) -> tuple[float, int]:
     """(poll interval, probes in flight per node) that resolve a takeover of this pair.
 
     Whole-second adverts: every 25 ms, two probes in flight. Sub-second (VRRPv3) adverts: every
-    10 ms, with enough probes overlapping to cover one SSH round trip, so the samples of a
+    12.5 ms, with enough probes overlapping to cover one SSH round trip, so the samples of a
     node stay about 10 ms apart although each takes ~50 ms.
     """
     if advert_int >= 1:

@@ -26,6 +26,7 @@ RECONNECT_AFTER = 3  # consecutive immediate failures before a connection counts
 PROBE_TIMEOUT = 30.0  # long: a probe abandoned early leaks an SSH session on a thawed node
 TICK = 0.005
 SETTLE_DEADLINE = 30.0
+SETTLE_MIN = 1.0
 TAKEOVER_SLACK = 10.0
 FAILBACK_DEADLINE = 30.0
 
@@ -177,7 +178,9 @@ class Drill:
         return [s.node for s in latest if s is not None and s.holds], reachable
 
     def _settled(self, poller: Poller, want: str | None, since: list[float | None]) -> bool:
-        """Exactly one holder (``want`` if given), unchanged for one advert interval."""
+        """Exactly one holder (``want`` if given), unchanged for one advert interval (at least
+        SETTLE_MIN: a 0.1 s VRRPv3 pair "settles" before systemd has finished starting the
+        keepalived just recovered, and a crash injected then also breaks its next start)."""
         holders, reachable = self._holders(poller)
         good = reachable and len(holders) == 1 and (want is None or holders[0] == want)
         now = self.clock()
@@ -187,7 +190,7 @@ class Drill:
         start = since[0]
         if start is None:
             since[0] = start = now
-        return now - start >= self.pair.advert_int
+        return now - start >= max(self.pair.advert_int, SETTLE_MIN)
 
     def _await(self, future: Future[Any], poller: Poller) -> None:
         while not future.done():
