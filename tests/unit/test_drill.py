@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -236,6 +238,33 @@ def test_crash_kills_keepalived_and_standby_takes_over_after_master_down(
     assert report.final_holders == ("prod-back",) and report.exit_code == 0
 
 
+class SlowRemote(FakeRemote):
+    """Every command takes ``rtt`` seconds of the world's clock."""
+
+    def __init__(self, remote: FakeRemote, world: World, rtt: float) -> None:
+        super().__init__(remote.machine)
+        self.world, self.rtt = world, rtt
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> Result:
+        self.world.clock.sleep(self.rtt)
+        return super().run(argv, **kwargs)
+
+
+def test_synced_hard_fault_counts_from_the_advert_half_a_round_trip_before_its_answer(
+    profile: Profile,
+) -> None:
+    world = World(FakeClock(), takeover=HARD)
+    d = drill(profile, world, Fault.CRASH)
+    for name, remote in list(d.remotes.items()):
+        assert isinstance(remote, FakeRemote)
+        d.remotes[name] = SlowRemote(remote, world, 0.02)
+    report = d.run(1)
+    assert report.ok, report.all_problems()
+    (trial,) = report.trials
+    assert trial.synced and trial.injected == pytest.approx(0.01)
+    assert trial.to_json()["injected"] == 0.01
+
+
 def test_hard_fault_still_runs_when_the_advert_cannot_be_seen(profile: Profile) -> None:
     world = World(FakeClock(), takeover=HARD, unreachable=True)
     world.primary.commands_failing = {"perl"}
@@ -450,6 +479,7 @@ def test_json_shape(profile: Profile) -> None:
         "error",
         "resolution",
         "synced",
+        "injected",
         "problems",
         "events",
     }

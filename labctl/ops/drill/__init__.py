@@ -47,19 +47,23 @@ JSON shape (``labctl failover --json``), stable; keys are never removed, only ad
       },
       "trials": [
         {"trial": 1, "faulted": "prod-back", "peer": "prod-back-standby",
-         "released": 0.02,     # s after injection: faulted node first seen without the VIP
+         "released": 0.02,     # s after t = 0: faulted node first seen without the VIP
                                #   before recovery (null: never, e.g. unreachable or holding)
-         "takeover": 3.6,      # s after injection: peer first seen holding (time to new holder)
+         "takeover": 3.6,      # s after t = 0: peer first seen holding (time to new holder)
          "gap": 0.0,           # s with neither node holding (both seen) until recovery
          "overlap": 3.1,       # s with both holding until recovery
          "unreachable": {"prod-back": 0.0},      # s each node was unreachable until recovery
-         "recovered_at": 4.7,  # s after injection the fault was undone
+         "recovered_at": 4.7,  # s after t = 0 the fault was undone
          "failback": 1.2,      # s from recovery until settled again (null: never settled)
          "failback_gap": 0.0, "failback_overlap": 0.05,
          "settled_on": "prod-back",
          "error": -0.01,       # takeover - theory
          "resolution": 0.04,   # largest interval between two samples of the peer
          "synced": true,       # hard faults: injected right after the holder's own advert
+         "injected": 0.03,     # s after t = 0 the fault command started: t = 0 is the start
+                               #   of injection, or (synced) the holder's advert it followed,
+                               #   estimated as the advert watcher's answer minus half the
+                               #   node's median SSH round trip (the peer's timer starts there)
          "problems": [],
          "events": [{"t": 0.0, "node": "prod-back", "holds": true, "error": null}, ...]}
       ]

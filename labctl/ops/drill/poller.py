@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class Poller:
     stale_after: float = STALE_AFTER
     max_inflight: int = MAX_INFLIGHT
     samples: list[Sample] = field(default_factory=list)
+    round_trips: dict[str, list[float]] = field(default_factory=dict)  # answered probes, by node
     _channels: list[_Channel] = field(default_factory=list)
     _latest: dict[str, Sample] = field(default_factory=dict)
 
@@ -99,6 +101,8 @@ class Poller:
                 start, end, holds, error = item[1].result()
                 slow = end - start > self.stale_after
                 ch.last_answer = max(ch.last_answer, end)
+                if holds is not None and not slow:
+                    self.round_trips.setdefault(ch.name, []).append(end - start)
                 self._add(Sample(end if slow else (start + end) / 2, ch.name, holds, error))
             oldest = min((started for started, _ in ch.inflight), default=now)
             if (
@@ -112,6 +116,11 @@ class Poller:
             if len(ch.inflight) < self.max_inflight and now >= ch.next_due:
                 ch.next_due = now + self.interval
                 ch.inflight.append((now, self.executor.submit(self._run, ch.probe)))
+
+    def round_trip(self, name: str) -> float | None:
+        """Median round trip of the node's recent answered probes (None before any answer)."""
+        recent = self.round_trips.get(name, [])[-20:]
+        return statistics.median(recent) if recent else None
 
     def latest(self, name: str) -> Sample | None:
         return self._latest.get(name)

@@ -216,12 +216,23 @@ class Drill:
 
         problems: list[str] = []
         synced = False
+        t0: float | None = None
         if self.fault in HARD_FAULTS:
-            wait = executor.submit(self.injector.wait_for_advert, faulted)
+
+            def wait_for_advert() -> tuple[bool, float]:
+                return self.injector.wait_for_advert(faulted), self.clock()
+
+            wait = executor.submit(wait_for_advert)
             self._await(wait, poller)
-            synced = wait.result()
+            synced, seen_at = wait.result()
+            if synced:
+                # t = 0 is the advert the peer's master-down timer starts from: it happened
+                # about one SSH return trip (half a round trip) before the watcher's answer
+                rtt = poller.round_trip(faulted)
+                t0 = seen_at - (rtt / 2 if rtt is not None else 0.0)
         self._say(f"trial {index}: VIP on {faulted}; injecting {self.fault} there")
-        t0 = self.clock()
+        injected_at = self.clock()
+        t0 = injected_at if t0 is None else t0
         try:
             try:
                 self._await(executor.submit(self.injector.inject, faulted, peer), poller)
@@ -274,6 +285,7 @@ class Drill:
             samples=samples,
             problems=tuple(problems),
             synced=synced,
+            injected=injected_at - t0,
         )
 
     # -- the drill -----------------------------------------------------------

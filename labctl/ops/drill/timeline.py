@@ -126,6 +126,7 @@ class Trial:
     samples: tuple[Sample, ...]
     problems: tuple[str, ...] = ()
     synced: bool = False  # injected right after the holder's own advert
+    injected: float = 0.0  # s after t = 0 the fault command started
 
     @property
     def ok(self) -> bool:
@@ -159,6 +160,7 @@ class Trial:
             "error": r(self.error),
             "resolution": r(tl.resolution),
             "synced": self.synced,
+            "injected": r(self.injected),
             "problems": list(self.problems),
             "events": [s.to_json() for s in changes(self.samples)],
         }
