@@ -123,8 +123,9 @@ def main() -> None:
     polls = [t["resolution"] for d in results.values() for t in d["trials"] if t["resolution"]]
     if polls:
         print(
-            f"poll interval {next(iter(results.values()))['poll_interval']} s; sample spacing "
-            f"median {med(polls):.3f} s, worst {max(polls):.3f} s (target <= {poll_target} s)"
+            f"poll interval {next(iter(results.values()))['poll_interval']} s; the standby's "
+            f"largest gap between two samples, per trial: median {med(polls):.3f} s, worst "
+            f"{max(polls):.3f} s (target <= {poll_target} s)"
         )
     if median_target is not None:
         for fault, doc in results.items():
