@@ -13,8 +13,11 @@ health fault the theory is an upper bound (the check's own interval dominates), 
 hard fault 3 x 0.1 + (256 - 100) x 0.1 / 256 = 0.361 s), the hard faults only by default;
 targets: median error within 0.03 s of theory, polling resolution <= 20 ms.
 
+``--preset unicast``: the same pair with ``unicast = true`` (adverts sent to the peer's own
+address), crash by default: the figures beside the multicast ones.
+
 Usage (root): .venv/bin/python bench/failover.py [--trials 10] [--faults crash,stop,...]
-              [--preset default|subsecond]
+              [--preset default|unicast|subsecond]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from labctl.ops.drill import Fault  # noqa: E402
 # preset -> (pair keys, default faults, |error| target, median error target, poll target)
 PRESETS: dict[str, tuple[dict[str, Any], list[str], float, float | None, float]] = {
     "default": ({}, [f.value for f in Fault], 0.15, None, 0.05),
+    "unicast": ({"unicast": True}, ["crash"], 0.15, None, 0.05),
     "subsecond": (
         {"vrrp_version": 3, "advert_int": 0.1},
         ["crash", "freeze", "link", "partition"],
