@@ -1,176 +1,27 @@
-"""`labctl doctor`: checks before anything breaks, each an OK/WARN/FAIL line with a fix.
-
-What is checked, and how:
-
-* backend: the profile's hypervisor backend loads and ``check()`` passes.
-* profile: it loaded and validated (the CLI reports an invalid profile before this runs).
-* per machine, over SSH (one command each): reachable with a trusted host key (the connect
-  helper refuses unknown-changed keys); keepalived installed and its version (2.2.7's config
-  test is unreliable: WARN); the script user exists (FAIL when keepalived is already configured
-  without it: keepalived then silently drops the check); the VRRP interface exists and carries
-  the machine's address; VirtualBox only: the lab NIC is not attached to NAT (VRRP does not
-  cross it) and Guest Additions run (the freeze/link drills and exec side channel need them).
-* per pair: the check script and every directory above it root-owned and not group/world
-  writable; each VIP inside the interface's subnet; the VIP not answered by anything before the
-  pair is up (or only by the node holding it), found by an ARP probe from a node that does not
-  hold it (bash's /dev/tcp triggers the ARP request; ``ip neigh`` shows who answered); the VRID
-  not used by anyone else on the segment, by listening for VRRP adverts for a few seconds on a
-  node with a raw socket; the installed configs of both nodes agree on VRID, VIPs, advert_int,
-  version and authentication (a mismatch is a lasting split brain), and match the profile;
-  each node hears the adverts its reachable peer sends (both listen at once; a peer that sends
-  while the other hears nothing means the network drops VRRP: use unicast; see
-  ops/doctor_adverts.py).
-
-The listener is a few lines of Perl run with the guest's ``perl`` (Debian's perl-base is
-Essential: present even on minbase guests, which have no tcpdump or python). Running it on a
-node works for every backend, because the node is on the segment by definition; listening on
-the host would only work where the host is on the lab segment (nspawn).
-
-JSON shape (``labctl doctor --json``), stable; keys are never removed, only added::
-
-    {"ok": false, "exit_code": 6,
-     "counts": {"OK": 12, "WARN": 2, "FAIL": 1},
-     "checks": [{"subject": "prod-back",      # lab | machine name | pairs.NAME
-                 "check": "script user",
-                 "status": "FAIL",             # OK | WARN | FAIL
-                 "detail": "keepalived_script does not exist ...",
-                 "fix": "labctl provision pair back"}]}   # null when nothing to do
-"""
+"""Per-pair checks: script safety, VIP subnet, VIP answered (ARP probe), VRID free on the
+segment (VRRP listener), both nodes' configs agree and match the profile."""
 
 from __future__ import annotations
 
-import contextlib
-import enum
 import hashlib
 import ipaddress
 import re
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from labctl import keepalived as ka
-from labctl.errors import EXIT_CHECKS, EXIT_OK, LabctlError
-from labctl.hypervisor import KERNEL_DRIVER_HINT, Hypervisor, VirtualBoxDetails
+from labctl.errors import LabctlError
 from labctl.ops import doctor_adverts
-from labctl.ops.verify import UNREACHABLE_ERRORS, describe_error, split_sections
+from labctl.ops.doctor.machine import MachineFacts
+from labctl.ops.doctor.report import Check, Status
+from labctl.ops.verify import UNREACHABLE_ERRORS, describe_error
 from labctl.profile import Node, Profile
 from labctl.remote import Remote
 
 LISTEN_SECONDS = 3
 VRRP_GROUP = "224.0.0.18"
-BUGGY_VERSIONS = {
-    "2.2.7": "its config test (keepalived -t) is killed or exits oddly on valid "
-    "files; labctl interprets it by behaviour"
-}
-
-
-class Status(enum.StrEnum):
-    OK = "OK"
-    WARN = "WARN"
-    FAIL = "FAIL"
-
-
-@dataclass(frozen=True)
-class Check:
-    subject: str
-    check: str
-    status: Status
-    detail: str
-    fix: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "subject": self.subject,
-            "check": self.check,
-            "status": str(self.status),
-            "detail": self.detail,
-            "fix": self.fix,
-        }
-
-
-@dataclass(frozen=True)
-class DoctorReport:
-    checks: tuple[Check, ...]
-
-    @property
-    def ok(self) -> bool:
-        return all(c.status is not Status.FAIL for c in self.checks)
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_OK if self.ok else EXIT_CHECKS
-
-    def counts(self) -> dict[str, int]:
-        return {s.value: sum(c.status is s for c in self.checks) for s in Status}
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "exit_code": self.exit_code,
-            "counts": self.counts(),
-            "checks": [c.to_json() for c in self.checks],
-        }
-
-
-# ---------------------------------------------------------------------------
-# What a machine shows
-
-
-@dataclass(frozen=True)
-class MachineFacts:
-    name: str
-    version: str | None  # None: keepalived not installed
-    script_user: bool
-    addresses: tuple[ka.IfAddr, ...]
-    links: dict[str, str]  # interface -> MAC
-    service: str | None
-    conf: str | None = field(repr=False)  # installed keepalived.conf: holds the password
-    stats: dict[str, tuple[str, str]]  # path -> (owner, octal mode)
-
-
-def _facts_script(paths: Sequence[str]) -> str:
-    stat_args = " ".join(shlex.quote(p) for p in paths)
-    return (
-        "echo @@version; command -v keepalived >/dev/null && keepalived --version 2>&1 | head -1\n"
-        f"echo @@user; getent passwd {ka.SCRIPT_USER} >/dev/null && echo present\n"
-        "echo @@addr; ip -o -4 addr show\n"
-        "echo @@link; ip -o link show\n"
-        "echo @@service; systemctl is-active keepalived 2>/dev/null\n"
-        f"echo @@stat; stat -c '%U %a %n' {stat_args} 2>/dev/null\n"
-        "echo @@end\n"
-    )
-
-
-_VERSION = re.compile(r"Keepalived v(\d+(?:\.\d+)+)")
-_LINK = re.compile(r"^\d+:\s+([^\s:@]+)(?:@\S+)?:.*link/\w+\s+([0-9a-f:]{17})")
-
-
-def parse_facts(name: str, stdout: str, conf: str | None) -> MachineFacts:
-    parts = split_sections(stdout)
-    version_match = _VERSION.search(parts.get("version", ""))
-    links = {}
-    for line in parts.get("link", "").splitlines():
-        m = _LINK.match(line.strip())
-        if m:
-            links[m[1]] = m[2]
-    stats = {}
-    for line in parts.get("stat", "").splitlines():
-        bits = line.split(maxsplit=2)
-        if len(bits) == 3:
-            stats[bits[2]] = (bits[0], bits[1])
-    return MachineFacts(
-        name=name,
-        version=version_match[1] if version_match else None,
-        script_user="present" in parts.get("user", ""),
-        addresses=tuple(ka.parse_ip_addr(parts.get("addr", ""))),
-        links=links,
-        service=parts.get("service", "").strip() or None,
-        conf=conf,
-        stats=stats,
-    )
-
 
 # ---------------------------------------------------------------------------
 # keepalived.conf facts that must agree between the nodes of a pair
@@ -283,246 +134,21 @@ def parse_neigh(stdout: str) -> str | None:
     return None
 
 
+
+
 # ---------------------------------------------------------------------------
-# The operation
+# The checks
 
 
 @dataclass
-class Doctor:
-    """Runs every check. Args: profile, connect (node -> Remote, raises when unreachable),
-    hypervisor (a zero-argument factory; it may raise BackendUnavailable)."""
+class PairChecks:
+    """Checks one pair from its reachable nodes' facts and open connections."""
 
     profile: Profile
-    connect: Callable[[Node], Remote]
-    hypervisor: Callable[[], Hypervisor]
     listen_seconds: int = LISTEN_SECONDS
     command_timeout: float = 30.0
-    checks: list[Check] = field(default_factory=list)
 
-    def add(
-        self, subject: str, check: str, status: Status, detail: str, fix: str | None = None
-    ) -> None:
-        self.checks.append(Check(subject, check, status, detail, fix))
-
-    def run(self) -> DoctorReport:
-        hv = self._backend()
-        self.add(
-            "lab",
-            "profile",
-            Status.OK,
-            f"{self.profile.path}: {len(self.profile.machines)} machines, "
-            f"{len(self.profile.pairs)} pairs",
-        )
-        machines = self._machines()
-        with ThreadPoolExecutor(
-            max_workers=max(1, len(machines)), thread_name_prefix="doctor"
-        ) as pool:
-            gathered = dict(zip(machines, pool.map(self._gather, machines.values()), strict=True))
-        facts: dict[str, MachineFacts] = {}
-        remotes: dict[str, Remote] = {}
-        try:
-            for name, (remote, got, error) in gathered.items():
-                if remote is None or got is None:
-                    self.add(
-                        name,
-                        "ssh",
-                        Status.FAIL,
-                        f"not reachable: {error}",
-                        "start it (labctl up / labctl clone) and check its host key",
-                    )
-                    continue
-                remotes[name], facts[name] = remote, got
-                self.add(name, "ssh", Status.OK, "reachable, host key trusted")
-                self._machine_checks(machines[name], got, hv)
-            with ThreadPoolExecutor(
-                max_workers=max(1, len(self.profile.pairs)), thread_name_prefix="doctor-pair"
-            ) as pool:
-                pair_checks = list(
-                    pool.map(lambda p: self._pair_checks(p, facts, remotes), self.profile.pairs)
-                )
-            for found in pair_checks:
-                self.checks.extend(found)
-        finally:
-            for remote in remotes.values():
-                with contextlib.suppress(*UNREACHABLE_ERRORS):
-                    remote.close()
-        return DoctorReport(tuple(self.checks))
-
-    # -- backend -------------------------------------------------------------
-
-    def _backend(self) -> Hypervisor | None:
-        try:
-            hv = self.hypervisor()
-            hv.check()
-        except LabctlError as exc:
-            self.add(
-                "lab",
-                "backend",
-                Status.FAIL,
-                exc.message,
-                exc.hint or "install what the backend needs (scripts/bootstrap)",
-            )
-            return None
-        self.add("lab", "backend", Status.OK, f"{hv.name} usable on this host")
-        if isinstance(hv, VirtualBoxDetails):
-            self._virtualbox_host(hv)
-        return hv
-
-    def _virtualbox_host(self, hv: VirtualBoxDetails) -> None:
-        try:
-            host = hv.host_report()
-        except LabctlError as exc:
-            self.add("lab", "virtualbox", Status.WARN, f"cannot read its version: {exc.message}")
-            return
-        self.add("lab", "virtualbox", Status.OK, f"VirtualBox {host.version} via {host.driver} "
-                 f"({host.why})")  # fmt: skip
-        if host.start_blocker is None:
-            self.add("lab", "vm start", Status.OK, "VirtualBox's kernel driver is loaded")
-        else:
-            self.add("lab", "vm start", Status.FAIL, host.start_blocker, KERNEL_DRIVER_HINT)
-
-    # -- machines ------------------------------------------------------------
-
-    def _machines(self) -> dict[str, Node]:
-        found: dict[str, Node] = {}
-        for pair in self.profile.pairs:
-            for node in self.profile.nodes(pair):
-                found.setdefault(node.name, node)
-        for name, spec in self.profile.machines.items():
-            found.setdefault(name, Node("", name, spec.address, "primary"))
-        return found
-
-    def _scripts_of(self, name: str) -> list[str]:
-        paths = []
-        for pair_name, pair in self.profile.pairs.items():
-            if pair.check and name in (n.name for n in self.profile.nodes(pair_name)):
-                paths.append(f"{ka.KEEPALIVED_DIR}/{pair.check.script}")
-        return paths
-
-    def _gather(self, node: Node) -> tuple[Remote | None, MachineFacts | None, str | None]:
-        try:
-            remote = self.connect(node)
-        except UNREACHABLE_ERRORS as exc:
-            return None, None, describe_error(exc)
-        scripts = self._scripts_of(node.name)
-        paths = ["/etc", ka.KEEPALIVED_DIR, *scripts]
-        try:
-            result = remote.run(
-                ["sh", "-c", _facts_script(paths)], check=False, timeout=self.command_timeout
-            )
-            raw = remote.get(ka.CONF_PATH)
-        except UNREACHABLE_ERRORS as exc:
-            return None, None, describe_error(exc)
-        conf = raw.decode("utf-8", "replace") if raw is not None else None
-        return remote, parse_facts(node.name, result.stdout, conf), None
-
-    def _machine_checks(self, node: Node, f: MachineFacts, hv: Hypervisor | None) -> None:
-        name = node.name
-        in_pair = [p for p in self.profile.pairs if name in (n.name for n in self.profile.nodes(p))]
-        provision = f"labctl provision pair {' '.join(in_pair)}".rstrip()
-        if f.version is None:
-            self.add(name, "keepalived", Status.WARN, "not installed", provision)
-        elif f.version in BUGGY_VERSIONS:
-            self.add(
-                name,
-                "keepalived",
-                Status.WARN,
-                f"version {f.version}: {BUGGY_VERSIONS[f.version]}",
-                "nothing to do; a newer keepalived (>= 2.2.8) fixes it",
-            )
-        else:
-            self.add(name, "keepalived", Status.OK, f"version {f.version}")
-
-        needs_user = any(self.profile.pairs[p].check for p in in_pair)
-        if f.script_user:
-            self.add(name, "script user", Status.OK, f"{ka.SCRIPT_USER} exists")
-        elif needs_user and f.conf is not None:
-            self.add(
-                name,
-                "script user",
-                Status.FAIL,
-                f"{ka.SCRIPT_USER} does not exist: keepalived silently drops the check "
-                "script (enable_script_security)",
-                provision,
-            )
-        elif needs_user:
-            self.add(
-                name,
-                "script user",
-                Status.WARN,
-                f"{ka.SCRIPT_USER} does not exist yet (provisioning creates it)",
-                provision,
-            )
-
-        for pair_name in in_pair:
-            self._interface_check(pair_name, node, f)
-
-        if hv is not None and isinstance(hv, VirtualBoxDetails):
-            self._virtualbox_checks(name, hv)
-
-    def _interface_check(self, pair_name: str, node: Node, f: MachineFacts) -> None:
-        wanted = self.profile.pairs[pair_name].interface
-        actual = ka.interface_for(f.addresses, node.address)
-        subject = node.name
-        if wanted is not None and wanted not in f.links:
-            self.add(
-                subject,
-                "interface",
-                Status.FAIL,
-                f"pairs.{pair_name}.interface {wanted} does not exist "
-                f"(has: {', '.join(sorted(f.links)) or 'none'})",
-                f"set pairs.{pair_name}.interface to the NIC carrying {node.ip}",
-            )
-        elif actual is None:
-            self.add(
-                subject,
-                "interface",
-                Status.FAIL,
-                f"no interface carries its address {node.ip}",
-                "fix the machine's network configuration or the profile's address",
-            )
-        elif wanted is not None and actual != wanted:
-            self.add(
-                subject,
-                "interface",
-                Status.FAIL,
-                f"{node.ip} is on {actual}, not on pairs.{pair_name}.interface {wanted}",
-                f"set pairs.{pair_name}.interface = {actual!r}",
-            )
-        else:
-            self.add(subject, "interface", Status.OK, f"{actual} carries {node.ip}")
-
-    def _virtualbox_checks(self, name: str, hv: VirtualBoxDetails) -> None:
-        try:
-            attachment = hv.nic_attachment(name)
-            additions = hv.guest_additions(name)
-        except LabctlError as exc:
-            self.add(name, "virtualbox", Status.WARN, f"cannot read VM settings: {exc.message}")
-            return
-        if attachment == "nat":
-            self.add(
-                name,
-                "nic attachment",
-                Status.FAIL,
-                "lab NIC is attached to NAT: VRRP (IP protocol 112) does not cross it",
-                "attach it to a NAT network, internal network, host-only or bridged",
-            )
-        else:
-            self.add(name, "nic attachment", Status.OK, f"{attachment}")
-        if additions is None:
-            self.add(
-                name,
-                "guest additions",
-                Status.WARN,
-                "not running: no exec side channel for drills",
-                "install the VirtualBox Guest Additions in the guest",
-            )
-        else:
-            self.add(name, "guest additions", Status.OK, f"version {additions}")
-
-    # -- pairs ---------------------------------------------------------------
-
-    def _pair_checks(
+    def checks(
         self, pair_name: str, facts: dict[str, MachineFacts], remotes: dict[str, Remote]
     ) -> list[Check]:
         out: list[Check] = []
@@ -824,6 +450,7 @@ class Doctor:
         return out
 
 
+
 def _script_safety(
     path: str, f: MachineFacts, name: str, provision: str
 ) -> tuple[Status, str, str | None]:
@@ -850,13 +477,3 @@ def _script_safety(
         )
     return Status.OK, f"{name}: {path} root-owned 0{f.stats[path][1][-3:]}, path safe", None
 
-
-def doctor(
-    profile: Profile,
-    connect: Callable[[Node], Remote],
-    hypervisor: Callable[[], Hypervisor],
-    *,
-    listen_seconds: int = LISTEN_SECONDS,
-) -> DoctorReport:
-    """Run every check; never raises for what it finds (that is the report)."""
-    return Doctor(profile, connect, hypervisor, listen_seconds=listen_seconds).run()
