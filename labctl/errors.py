@@ -72,3 +72,15 @@ class ChecksFailed(LabctlError):
     """Lab checks ran and found the lab unhealthy (verify, drills, doctor)."""
 
     exit_code = EXIT_CHECKS
+
+
+class UnknownName(LabctlError):
+    """A PRODUCTION, MACHINE or PAIR argument the profile does not know: a usage error."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, kind: str, name: str, what: str, lab: str, known: Sequence[str]) -> None:
+        self.kind, self.name, self.known = kind, name, list(known)
+        super().__init__(
+            f"{kind}: {name!r} is not {what} of lab {lab} (known: {', '.join(known) or 'none'})"
+        )

@@ -10,14 +10,14 @@ import contextlib
 import ipaddress
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from labctl.errors import ProfileError
+from labctl.errors import ProfileError, UnknownName
 
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
@@ -406,8 +406,29 @@ class Profile(BaseModel):
         try:
             return self.pairs[name]
         except KeyError:
-            known = ", ".join(self.pairs) or "none"
-            raise ProfileError(f"pairs.{name}: no such pair (known: {known})") from None
+            raise UnknownName("PAIR", name, "a pair", self.lab.name, list(self.pairs)) from None
+
+    def pair_of_primary(self, production: str) -> str:
+        """The name of the pair whose primary is ``production`` (UnknownName if none)."""
+        for name, pair in self.pairs.items():
+            if pair.primary == production:
+                return name
+        primaries = [p.primary for p in self.pairs.values()]
+        raise UnknownName(
+            "PRODUCTION", production, "the primary of a pair", self.lab.name, primaries
+        )
+
+    def check_machines(self, names: Iterable[str]) -> None:
+        """UnknownName for the first name that is not a machine (production or standby)."""
+        known = [name for name, _address, _role in self.all_nodes()]
+        for name in names:
+            if name not in known:
+                raise UnknownName("MACHINE", name, "a machine", self.lab.name, known)
+
+    def check_pairs(self, names: Iterable[str]) -> None:
+        """UnknownName for the first name that is not a pair."""
+        for name in names:
+            self.pair(name)
 
     def nodes(self, pair_name: str) -> tuple[Node, Node]:
         """The (primary, standby) nodes of a pair."""

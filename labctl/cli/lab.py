@@ -68,6 +68,7 @@ def lab_up(state: State, machines: tuple[str, ...]) -> None:
     from labctl.ops import lab as lab_ops
 
     prof = state.profile()
+    prof.check_machines(machines)
     result = lab_ops.up(prof, _lab_hypervisor(prof), machines, progress=note)
     _status_rows(result.machines)
 
@@ -158,6 +159,7 @@ def lab_clone(state: State, production: str, linked: bool, force: bool, as_json:
     from labctl.ops import clone as clone_ops
 
     prof = state.profile()
+    prof.pair_of_primary(production)
     result = clone_ops.clone(prof, _lab_hypervisor(prof), production, linked=linked, force=force)
     if as_json:
         emit_json(result.to_json())

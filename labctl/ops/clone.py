@@ -55,14 +55,7 @@ class CloneResult:
 
 def pair_of(profile: Profile, production: str) -> str:
     """The name of the pair whose primary is ``production``."""
-    for name, pair in profile.pairs.items():
-        if pair.primary == production:
-            return name
-    primaries = ", ".join(p.primary for p in profile.pairs.values()) or "none"
-    raise OperationFailed(
-        f"PRODUCTION: {production!r} is not the primary of any pair in lab {profile.lab.name} "
-        f"(primaries: {primaries})"
-    )
+    return profile.pair_of_primary(production)
 
 
 def _answers(address: str, port: int, probe: Probe) -> bool:

@@ -323,12 +323,7 @@ def up(
     say = progress or (lambda _line: None)
     roles = _role_of(profile)
     names = list(machines) or list(profile.machines)
-    for name in names:
-        if name not in roles:
-            raise OperationFailed(
-                f"MACHINE: {name!r} is not a machine of lab {profile.lab.name} "
-                f"(known: {', '.join(roles)})"
-            )
+    profile.check_machines(names)
     require(hv, "up")
     hv.check()
     require_startable(hv)

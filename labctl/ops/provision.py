@@ -222,10 +222,10 @@ def provision(
     """Provision the named pairs (all when none are named) and report per pair and node.
 
     Raises:
-        ProfileError: an unknown pair name (before anything is contacted).
+        UnknownName: an unknown pair name (before anything is contacted).
     """
     names = list(dict.fromkeys(pair_names)) or list(profile.pairs)
-    pairs = {name: profile.nodes(name) for name in names}  # ProfileError for unknown names
+    pairs = {name: profile.nodes(name) for name in names}  # UnknownName for unknown names
     shared = _machines_in_several_pairs(pairs)
     store = host_key_store(profile)
     if connector is None:

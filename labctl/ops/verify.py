@@ -552,7 +552,7 @@ def verify(
 ) -> VerifyReport:
     """Verify the named pairs (every pair when empty); with ``wait`` > 0, retry until all OK.
 
-    Raises ProfileError for an unknown pair name. Never raises for a lab that is unhealthy or
+    Raises UnknownName for an unknown pair name. Never raises for a lab that is unhealthy or
     unreachable: that is the report's verdict.
     """
     names = list(pairs) or list(profile.pairs)

@@ -95,7 +95,7 @@ def test_bad_input_is_one_line_and_writes_nothing(
     cli: Callable[..., CliResult], write_profile: Callable[[str], Path], tmp_path: Path
 ) -> None:
     unknown = cli("-p", "it490", "export", "ansible", str(tmp_path / "a"), "bak")
-    assert unknown.code == 3 and "pairs.bak: no such pair" in unknown.err
+    assert unknown.code == 2 and "PAIR: 'bak' is not a pair" in unknown.err
     shared = BASE_PROFILE + (
         '\n[pairs.other]\nprimary = "prod-back"\nstandby = "prod-back-two"\n'
         'standby_address = "192.168.68.91/24"\nvrid = 52\nvip = ["192.168.68.88/24"]\n'

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from labctl import keepalived as ka
-from labctl.errors import GuestUnreachable, LabctlError, ProfileError
+from labctl.errors import GuestUnreachable, LabctlError, UnknownName
 from labctl.ops.provision import ProvisionReport, provision
 from labctl.ops.provision_node import BACKUP_PATH, CANDIDATE_PATH, Probe, interpret_config_test
 from labctl.profile import Node, Profile, load
@@ -310,10 +310,10 @@ def test_json_shape(tmp_path: Path, lab: FakeLab) -> None:
     }
 
 
-def test_unknown_pair_is_a_profile_error_before_any_connection(
+def test_unknown_pair_is_a_usage_error_before_any_connection(
     tmp_path: Path, lab: FakeLab
 ) -> None:
-    with pytest.raises(ProfileError, match=r"pairs\.nope: no such pair"):
+    with pytest.raises(UnknownName, match=r"PAIR: 'nope' is not a pair"):
         _run(_write(tmp_path), lab, ["nope"])
     assert all(m.commands == [] for m in lab.machines.values())
 

@@ -109,10 +109,10 @@ def test_unreachable_only_exits_5(
     assert "pair front: keepalived active on both nodes" in result.out
 
 
-def test_unknown_pair_exits_3(cli: Cli, lab: FakeLab, tmp_path: Path) -> None:
+def test_unknown_pair_exits_2(cli: Cli, lab: FakeLab, tmp_path: Path) -> None:
     result = cli("provision", "pair", "nope", "-p", str(tmp_path / "lab.toml"))
-    assert result.code == 3
-    assert result.err.startswith("error: pairs.nope: no such pair")
+    assert result.code == 2
+    assert result.err.startswith("error: PAIR: 'nope' is not a pair of lab")
 
 
 def test_first_contact_notice_on_stderr_and_in_json(

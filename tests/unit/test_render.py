@@ -124,8 +124,8 @@ def test_render_masks_secret_unless_asked(cli: Callable[..., CliResult]) -> None
 
 def test_render_unknown_pair(cli: Callable[..., CliResult]) -> None:
     result = cli("-p", "it490", "render", "bak")
-    assert result.code == 3
-    assert result.err == "error: pairs.bak: no such pair (known: front, back, db)\n"
+    assert result.code == 2
+    assert result.err == "error: PAIR: 'bak' is not a pair of lab it490 (known: front, back, db)\n"
 
 
 def test_parse_ip_addr_and_holds() -> None:

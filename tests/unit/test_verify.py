@@ -209,10 +209,10 @@ def test_unknown_when_a_connected_node_stops_answering(profile: Profile, lab: La
     assert pair.verdict is Verdict.UNKNOWN
 
 
-def test_unknown_profile_pair_is_a_profile_error(profile: Profile, lab: Lab) -> None:
-    from labctl.errors import ProfileError
+def test_unknown_profile_pair_is_a_usage_error(profile: Profile, lab: Lab) -> None:
+    from labctl.errors import UnknownName
 
-    with pytest.raises(ProfileError, match=r"pairs\.nope: no such pair"):
+    with pytest.raises(UnknownName, match=r"PAIR: 'nope' is not a pair"):
         verify_op.verify(profile, ["nope"], lab.connect, host_key_reader=lab.host_key)
 
 

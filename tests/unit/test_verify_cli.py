@@ -134,12 +134,12 @@ def test_verify_unreachable_node_exits_5(
     assert "prod-back: UNREACHABLE" in cli("-p", profile_path, "verify").out
 
 
-def test_verify_unknown_pair_is_a_profile_error(
+def test_verify_unknown_pair_is_a_usage_error(
     world: World, profile_path: str, cli: Callable[..., CliResult]
 ) -> None:
     result = cli("-p", profile_path, "verify", "nope")
-    assert result.code == 3
-    assert result.err.startswith("error: pairs.nope: no such pair (known: back)")
+    assert result.code == 2
+    assert result.err.startswith("error: PAIR: 'nope' is not a pair of lab unit-lab (known: back)")
 
 
 def test_verify_wait_rejects_negative_seconds(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from labctl import paths
-from labctl.errors import OperationFailed
+from labctl.errors import OperationFailed, UnknownName
 from labctl.hypervisor import MachineState
 from labctl.ops import clone as clone_ops
 from labctl.ops import lab as lab_ops
@@ -110,7 +110,7 @@ def test_a_production_without_a_pair_is_named(
     hv: FakeHypervisor,
     clock: FakeClock,
 ) -> None:
-    with pytest.raises(OperationFailed, match=r"PRODUCTION: 'prod-b' is not the primary"):
+    with pytest.raises(UnknownName, match=r"PRODUCTION: 'prod-b' is not the primary"):
         clone_ops.clone(prof, hv, "prod-b", probe=hv.probe, sleep=clock.sleep)
 
 

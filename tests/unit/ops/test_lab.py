@@ -57,7 +57,7 @@ def test_up_of_an_unknown_machine_names_the_argument(
     cli_with: Callable[..., tuple[int, str, str]], prof: Profile
 ) -> None:
     code, _out, err = cli_with("up", "nosuch", "-p", str(prof.path))
-    assert code == 1
+    assert code == 2
     assert "error: MACHINE: 'nosuch' is not a machine of lab unit" in err
 
 
