@@ -200,6 +200,17 @@ def hypervisor_for(prof: Profile) -> Hypervisor:
     return get_hypervisor(prof)
 
 
+def usable_hypervisor_for(prof: Profile) -> Hypervisor | None:
+    """The backend when it loads and works on this host, else None: commands that ask the
+    hypervisor before SSH then rely on SSH alone."""
+    from labctl.ops.machines import usable_hypervisor
+
+    try:
+        return usable_hypervisor(hypervisor_for(prof))
+    except LabctlError:
+        return None
+
+
 # ---------------------------------------------------------------------------
 # Entry point: the one place errors become output and exit codes
 

@@ -34,6 +34,7 @@ from labctl.ops import doctor as doctor_op
 from labctl.ops import drill as drill_op
 from labctl.ops import evidence as evidence_op
 from labctl.ops import verify as verify_op
+from labctl.ops.machines import survey, usable_hypervisor
 from labctl.profile import Node, Profile
 from labctl.remote import Remote
 
@@ -93,6 +94,14 @@ def _hypervisor(prof: Profile) -> Hypervisor:
     return hypervisor_for(prof)
 
 
+def _usable_hypervisor(prof: Profile) -> Hypervisor | None:
+    """The backend when it works on this host (asked before any SSH), else None."""
+    try:
+        return usable_hypervisor(_hypervisor(prof))
+    except BackendUnavailable:
+        return None
+
+
 def _fail_checks(code: int, message: str, hint: str | None = None) -> None:
     if code == EXIT_UNREACHABLE:
         raise GuestUnreachable(message, hint=hint)
@@ -110,7 +119,9 @@ def _render_verify(report: verify_op.VerifyReport) -> None:
         node_cells = []
         for n in p.nodes:
             if not n.reachable:
-                node_cells.append(f"{n.node.name}: UNREACHABLE")
+                blocked = n.machine_state not in (None, "running")
+                what = (n.machine_state or "").upper() if blocked else "UNREACHABLE"
+                node_cells.append(f"{n.node.name}: {what}")
                 continue
             holds = "holds VIP" if any(n.holds(v.vip) for v in p.vips) else "-"
             node_cells.append(f"{n.node.name}: {n.vrrp_state or '?'} ({n.service or '?'}), {holds}")
@@ -144,10 +155,18 @@ def verify_cmd(
     """
     started = time.time()
     prof = state.profile()
+    prof.check_pairs(pairs)
     if evidence is not None:
         evidence_op.prepare(evidence)
     connect = _node_connector(prof, deadline=VERIFY_CONNECT_DEADLINE)
-    report = verify_op.verify(prof, pairs, connect, wait=wait, host_key_reader=_vip_host_key)
+    report = verify_op.verify(
+        prof,
+        pairs,
+        connect,
+        wait=wait,
+        host_key_reader=_vip_host_key,
+        hypervisor=_usable_hypervisor(prof),
+    )
     document = report.to_json()
     if evidence is not None:
         bundles = [
@@ -287,6 +306,11 @@ def failover_cmd(
         hypervisor = None
     # freeze and link act from outside the machine: refuse before connecting (ssh backend)
     require(hypervisor, kind.value)
+    conditions = survey(prof, hypervisor, [n.name for n in nodes])
+    for node in nodes:
+        cond = conditions[node.name]
+        if cond.blocked:
+            raise GuestUnreachable(f"{node.name} {cond.reason}", hint=cond.fix)
     if not state.debug:
         # a frozen or unplugged node makes paramiko log about its channels: expected here
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)

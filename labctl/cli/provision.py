@@ -19,10 +19,13 @@ from labctl.cli.base import (
     pass_state,
     profile_option,
     stderr_console,
+    usable_hypervisor_for,
 )
 
 if TYPE_CHECKING:
+    from labctl.hypervisor import Hypervisor
     from labctl.ops.provision import ProvisionReport
+    from labctl.profile import Profile
 
 
 # ---------------------------------------------------------------------------
@@ -50,6 +53,11 @@ class _ProgressOnStderr:
         self.logger.setLevel(self.level)
 
 
+def _hypervisor(prof: Profile) -> Hypervisor | None:
+    """Asked about each node before SSH (replaced by unit tests)."""
+    return usable_hypervisor_for(prof)
+
+
 @cli.group("provision")
 def provision_group() -> None:
     """Install and configure keepalived on the lab's machines over SSH."""
@@ -72,9 +80,10 @@ def provision_pair(state: State, pairs: tuple[str, ...], dry_run: bool, as_json:
     from labctl.ops.provision import ProvisionFailed, provision
 
     prof = state.profile(check_env=True)
+    prof.check_pairs(pairs)
     spinner = stderr_console().status("provisioning") if sys.stderr.isatty() else nullcontext()
     with spinner, _ProgressOnStderr():
-        report = provision(prof, list(pairs), dry_run=dry_run)
+        report = provision(prof, list(pairs), dry_run=dry_run, hypervisor=_hypervisor(prof))
     # trust-on-first-use notices were logged to stderr as they happened (and are in --json)
     secrets = prof.secrets()
     if as_json:

@@ -70,6 +70,8 @@ class Machine:
         managed: True when labctl created it (only such machines may be destroyed).
         nics: its enabled network adapters, where the backend has such a notion (VirtualBox);
             empty otherwise.
+        link_up: whether its lab network cable is connected; None when the backend cannot
+            tell (it is then treated as connected).
     """
 
     name: str
@@ -77,6 +79,7 @@ class Machine:
     address: str | None = None
     managed: bool = False
     nics: tuple[Nic, ...] = ()
+    link_up: bool | None = None
 
 
 @dataclass(frozen=True)

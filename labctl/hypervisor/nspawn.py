@@ -226,7 +226,7 @@ class NspawnHypervisor:
             state = MachineState.PAUSED
         else:
             state = MachineState.RUNNING
-        return Machine(name, state, rec.address, managed=True)
+        return Machine(name, state, rec.address, managed=True, link_up=rec.link_up)
 
     def list(self) -> list[Machine]:
         """Every machine labctl created for this lab."""

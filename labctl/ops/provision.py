@@ -15,8 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from labctl.errors import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, LabctlError
+from labctl.errors import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, GuestUnreachable, LabctlError
+from labctl.hypervisor import Hypervisor
 from labctl.ops.connect import close_all, connect_each, host_key_store
+from labctl.ops.machines import survey
 from labctl.ops.provision_node import NodeOutcome, NodeSetup, redact
 from labctl.profile import Node, Profile
 from labctl.remote import Remote
@@ -218,8 +220,12 @@ def provision(
     *,
     dry_run: bool = False,
     connector: Connector | None = None,
+    hypervisor: Hypervisor | None = None,
 ) -> ProvisionReport:
     """Provision the named pairs (all when none are named) and report per pair and node.
+
+    With a (usable) ``hypervisor``, a node it reports absent, stopped, paused or unplugged
+    fails its pair at once with what to run, and is not tried over SSH.
 
     Raises:
         UnknownName: an unknown pair name (before anything is contacted).
@@ -234,7 +240,14 @@ def provision(
             return connect_each(prof, nodes, host_keys=store)
 
     wanted = [n for name, nodes in pairs.items() if name not in shared for n in nodes]
-    remotes = connector(profile, wanted) if wanted else {}
+    conditions = survey(profile, hypervisor, [n.name for n in wanted]) if hypervisor else {}
+    blocked: dict[str, Remote | LabctlError] = {
+        name: GuestUnreachable(f"{name} {cond.reason}", hint=cond.fix)
+        for name, cond in conditions.items()
+        if cond.blocked
+    }
+    wanted = [n for n in wanted if n.name not in blocked]
+    remotes = (connector(profile, wanted) if wanted else {}) | blocked
     try:
         with ThreadPoolExecutor(max_workers=max(len(pairs), 1)) as pool:
             futures = [

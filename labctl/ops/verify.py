@@ -21,7 +21,9 @@ Verdicts (per pair):
   killed keepalived), MASTER on a node without the VIP, VIPs split or partly missing, or the
   VIP answering as another machine.
 * ``UNKNOWN``: a node could not be reached; what the other node showed is still reported, but a
-  node that did not answer is never reported as "not holding".
+  node that did not answer is never reported as "not holding". The hypervisor is asked first:
+  a node that is absent, stopped, paused or has its cable out is reported so at once (with the
+  command that fixes it), without an SSH attempt, and its pair's data path is not probed.
 
 Exit codes (chosen by the CLI): 0 when every pair is OK, 5 when a node could not be reached,
 6 otherwise.
@@ -49,6 +51,9 @@ JSON shape (``labctl verify --json``), stable; keys are never removed, only adde
           "nodes": [
             {"name": "prod-back", "role": "primary", "address": "10.249.90.10",
              "reachable": true, "error": null,  # error: why it could not be reached
+             "machine_state": "running",        # the hypervisor's answer, asked first:
+                                                #  running | absent | stopped | paused |
+                                                #  link down | null (backend unusable)
              "service": "active",               # systemctl is-active keepalived, null if unknown
              "vrrp_state": "MASTER",            # MASTER | BACKUP | FAULT | INIT | null
              "priority": 103,                   # keepalived's effective priority, or null
@@ -62,6 +67,7 @@ JSON shape (``labctl verify --json``), stable; keys are never removed, only adde
 from __future__ import annotations
 
 import base64
+import dataclasses
 import enum
 import hashlib
 import ipaddress
@@ -79,6 +85,8 @@ import tenacity
 
 from labctl import keepalived as ka
 from labctl.errors import EXIT_CHECKS, EXIT_OK, EXIT_UNREACHABLE, LabctlError
+from labctl.hypervisor import Hypervisor
+from labctl.ops.machines import Condition, MachineCondition, survey
 from labctl.profile import Node, Profile
 from labctl.remote import Remote
 
@@ -151,6 +159,7 @@ class NodeView:
     vrrp_state: str | None = None
     priority: int | None = None
     host_keys: frozenset[HostKey] = frozenset()
+    machine_state: str | None = None  # the hypervisor's condition; None when not asked
 
     def holds(self, vip: str) -> bool:
         return self.reachable and ka.holds(self.addresses, vip)
@@ -162,6 +171,7 @@ class NodeView:
             "address": self.node.ip,
             "reachable": self.reachable,
             "error": self.error,
+            "machine_state": self.machine_state,
             "service": self.service,
             "vrrp_state": self.vrrp_state,
             "priority": self.priority,
@@ -388,7 +398,12 @@ def _verdict(
 ) -> tuple[Verdict, str | None, list[str]]:
     down = [v for v in views if not v.reachable]
     if down:
-        reasons = [f"{v.node.name} unreachable: {v.error}" for v in down]
+        reasons = [
+            f"{v.node.name} {v.error}"
+            if v.machine_state not in (None, "running")
+            else f"{v.node.name} unreachable: {v.error}"
+            for v in down
+        ]
         reasons += [f"{s.vip} seen on {', '.join(s.holders)}" for s in statuses if s.holders]
         return Verdict.UNKNOWN, None, reasons
     both = [s for s in statuses if len(s.holders) == 2]
@@ -455,6 +470,7 @@ def stop_at(clock: Callable[[], float], deadline: float) -> tenacity.stop.stop_b
 
 
 Connect = Callable[[Node], Remote]
+_RUNNING = MachineCondition("", Condition.RUNNING)
 
 
 @dataclass
@@ -475,9 +491,21 @@ class Verifier:
     host_key_reader: HostKeyReader = ssh_host_key
     probe_timeout: float = PROBE_TIMEOUT
     data_path_timeout: float = DATA_PATH_TIMEOUT
+    conditions: Callable[[Sequence[str]], Mapping[str, MachineCondition]] | None = None
     remotes: dict[str, Remote] = field(default_factory=dict)
 
-    def _view(self, node: Node) -> NodeView:
+    def _view(self, node: Node, cond: MachineCondition | None) -> NodeView:
+        state = None if cond is None or cond.condition is Condition.UNKNOWN else str(cond.condition)
+        if cond is not None and cond.blocked:
+            # the hypervisor already said it cannot answer: no SSH attempt, no timeout
+            stale = self.remotes.pop(node.name, None)
+            if stale is not None:
+                _close_quietly(stale)
+            return NodeView(node, reachable=False, error=cond.reason, machine_state=state)
+        view = self._ssh_view(node)
+        return dataclasses.replace(view, machine_state=state)
+
+    def _ssh_view(self, node: Node) -> NodeView:
         remote = self.remotes.get(node.name)
         if remote is None:
             try:
@@ -494,11 +522,16 @@ class Verifier:
 
     def once(self) -> tuple[PairReport, ...]:
         nodes = [n for p in self.pairs for n in self.profile.nodes(p)]
-        vips = [(p, v) for p in self.pairs for v in self.profile.pair(p).vip]
+        conds = self.conditions([n.name for n in nodes]) if self.conditions else {}
+        blocked = {
+            p for p in self.pairs if any(conds.get(n.name, _RUNNING).blocked
+                                         for n in self.profile.nodes(p))
+        }
+        vips = [(p, v) for p in self.pairs if p not in blocked for v in self.profile.pair(p).vip]
         port = self.profile.ssh.port
         workers = max(1, len(nodes) + len(vips))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
-            view_futures = {n.name: pool.submit(self._view, n) for n in nodes}
+            view_futures = {n.name: pool.submit(self._view, n, conds.get(n.name)) for n in nodes}
             path_futures = {
                 (p, v): pool.submit(
                     read_data_path, v, port, self.host_key_reader, self.data_path_timeout
@@ -510,7 +543,12 @@ class Verifier:
                 primary, standby = self.profile.nodes(pair)
                 views = (view_futures[primary.name].result(), view_futures[standby.name].result())
                 pair_vips = self.profile.pair(pair).vip
-                paths = {v: path_futures[(pair, v)].result() for v in pair_vips}
+                paths = {
+                    v: path_futures[(pair, v)].result()
+                    if pair not in blocked
+                    else DataPath(v, None, "not probed: a node of the pair cannot answer")
+                    for v in pair_vips
+                }
                 reports.append(judge(pair, views, pair_vips, paths))
         return tuple(reports)
 
@@ -549,8 +587,11 @@ def verify(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     probe_timeout: float = PROBE_TIMEOUT,
+    hypervisor: Hypervisor | None = None,
 ) -> VerifyReport:
     """Verify the named pairs (every pair when empty); with ``wait`` > 0, retry until all OK.
+
+    With a (usable) ``hypervisor``, each attempt asks it about every node first.
 
     Raises UnknownName for an unknown pair name. Never raises for a lab that is unhealthy or
     unreachable: that is the report's verdict.
@@ -559,8 +600,19 @@ def verify(
     for name in names:
         profile.pair(name)
     start = clock()
+    conditions = None
+    if hypervisor is not None:
+
+        def conditions(machines: Sequence[str]) -> Mapping[str, MachineCondition]:
+            return survey(profile, hypervisor, machines)
+
     verifier = Verifier(
-        profile, names, connect, host_key_reader=host_key_reader, probe_timeout=probe_timeout
+        profile,
+        names,
+        connect,
+        host_key_reader=host_key_reader,
+        probe_timeout=probe_timeout,
+        conditions=conditions,
     )
     attempts = 0
 

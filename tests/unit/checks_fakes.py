@@ -251,6 +251,8 @@ class FakeHypervisor:
     calls: list[tuple[str, ...]] = field(default_factory=list)
     unavailable: str | None = None
     on_call: Callable[[tuple[str, ...]], None] | None = None
+    states: dict[str, MachineState] = field(default_factory=dict)  # default: RUNNING
+    links: dict[str, bool] = field(default_factory=dict)  # default: connected
 
     def _record(self, *call: str) -> None:
         self.calls.append(call)
@@ -264,7 +266,9 @@ class FakeHypervisor:
             raise BackendUnavailable(self.unavailable, hint="install it")
 
     def inspect(self, name: str) -> Machine:
-        return Machine(name, MachineState.RUNNING)
+        self._record("inspect", name)
+        state = self.states.get(name, MachineState.RUNNING)
+        return Machine(name, state, link_up=self.links.get(name, True))
 
     def list(self) -> list[Machine]:
         return []
@@ -280,12 +284,15 @@ class FakeHypervisor:
 
     def pause(self, name: str) -> None:
         self._record("pause", name)
+        self.states[name] = MachineState.PAUSED
 
     def resume(self, name: str) -> None:
         self._record("resume", name)
+        self.states[name] = MachineState.RUNNING
 
     def set_link(self, name: str, up: bool) -> None:
         self._record("set_link", name, "up" if up else "down")
+        self.links[name] = up
 
     def exec_in_guest(self, name: str, argv: Sequence[str], *, timeout: float = 60.0) -> ExecResult:
         return ExecResult(tuple(argv), 0, "", "")

@@ -9,7 +9,7 @@ import pytest
 
 from labctl import keepalived as ka
 from labctl.errors import GuestUnreachable
-from labctl.hypervisor import Hypervisor
+from labctl.hypervisor import Hypervisor, MachineState
 from labctl.ops import doctor as doctor_op
 from labctl.ops.doctor import DoctorReport, Status
 from labctl.profile import Node, Profile
@@ -369,3 +369,37 @@ def test_the_password_is_not_kept_in_what_doctor_reads(profile: Profile, lab: La
     assert "s3cret!" in conf and "s3cret!" not in repr(facts)
     machine = doctor_op.parse_facts("prod-back", "@@end\n", conf)
     assert "s3cret!" not in repr(machine)
+
+
+@pytest.mark.parametrize(
+    ("state", "link", "detail", "fix"),
+    [
+        (MachineState.ABSENT, True, "not created: run `labctl clone prod-back`",
+         "labctl clone prod-back"),
+        (MachineState.STOPPED, True, "stopped: run `labctl up`", "labctl up"),
+        (MachineState.PAUSED, True, "paused: run `labctl up` (resumes it)", "labctl up"),
+        (MachineState.RUNNING, False, "link down (cable out): run `labctl up` (reconnects it)",
+         "labctl up"),
+    ],
+)
+def test_the_hypervisor_is_asked_before_ssh(
+    profile: Profile, lab: Lab, state: MachineState, link: bool, detail: str, fix: str
+) -> None:
+    lab.hypervisor.states["prod-back-standby"] = state
+    lab.hypervisor.links["prod-back-standby"] = link
+    tried: list[str] = []
+    connect = lab.connect
+
+    def recording(node: Node) -> Remote:
+        tried.append(node.name)
+        return connect(node)
+
+    lab.connect = recording  # type: ignore[method-assign]
+    report = lab.doctor(profile)
+    (check,) = find(report, "prod-back-standby", "machine")
+    assert (check.status, check.detail, check.fix) == (Status.FAIL, detail, fix)
+    assert tried == ["prod-back"]
+    assert not [c for c in report.checks if c.subject == "prod-back-standby" and c.check == "ssh"]
+    (running,) = find(report, "prod-back", "machine")
+    assert running.status is Status.OK
+    assert report.exit_code == 6

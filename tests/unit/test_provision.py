@@ -10,10 +10,12 @@ import pytest
 
 from labctl import keepalived as ka
 from labctl.errors import GuestUnreachable, LabctlError, UnknownName
+from labctl.hypervisor import Hypervisor, MachineState
 from labctl.ops.provision import ProvisionReport, provision
 from labctl.ops.provision_node import BACKUP_PATH, CANDIDATE_PATH, Probe, interpret_config_test
 from labctl.profile import Node, Profile, load
 from labctl.remote import Remote, Result
+from tests.unit.checks_fakes import FakeHypervisor
 from tests.unit.provision_fakes import FakeLab, FakeMachine
 
 SECRET = "Zq7#pw1x"
@@ -78,7 +80,12 @@ def lab() -> FakeLab:
 
 
 def _run(
-    profile: Profile, lab: FakeLab, pairs: Sequence[str] = (), *, dry_run: bool = False
+    profile: Profile,
+    lab: FakeLab,
+    pairs: Sequence[str] = (),
+    *,
+    dry_run: bool = False,
+    hypervisor: Hypervisor | None = None,
 ) -> ProvisionReport:
     def connector(prof: Profile, nodes: Sequence[Node]) -> dict[str, Remote | LabctlError]:
         out: dict[str, Remote | LabctlError] = {}
@@ -89,7 +96,7 @@ def _run(
                 out[n.name] = lab.machines[n.name]
         return out
 
-    return provision(profile, pairs, dry_run=dry_run, connector=connector)
+    return provision(profile, pairs, dry_run=dry_run, connector=connector, hypervisor=hypervisor)
 
 
 def _nodes(report: ProvisionReport) -> dict[str, tuple[str, str]]:
@@ -419,3 +426,18 @@ def test_probe_reads_a_fresh_and_a_provisioned_machine() -> None:
     # a pair without a check script: the script's lines are not taken for anything else
     no_check = Probe.parse(PROBE_PROVISIONED, script="", conf=CONF)
     assert (no_check.script_mode, no_check.script_sha) == (None, "")
+
+
+def test_a_node_the_hypervisor_reports_absent_fails_its_pair_without_ssh(
+    tmp_path: Path, lab: FakeLab
+) -> None:
+    hv = FakeHypervisor(states={"db-standby": MachineState.ABSENT})
+    report = _run(_write(tmp_path), lab, hypervisor=hv)
+    back = next(p for p in report.pairs if p.pair == "back")
+    front = next(p for p in report.pairs if p.pair == "front")
+    assert back.error is not None
+    assert "db-standby not created: run `labctl clone db`" in back.error
+    assert lab.machines["db-standby"].commands == []
+    assert lab.machines["db"].commands == []  # its pair is not half provisioned
+    assert front.active_on_both
+    assert not report.ok

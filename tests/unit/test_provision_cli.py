@@ -9,6 +9,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from labctl.cli import provision as provision_cli
 from labctl.errors import GuestUnreachable, LabctlError
 from labctl.hostkeys import HostKeyStore, fingerprint
 from labctl.ops import provision as provision_mod
@@ -40,6 +41,7 @@ def lab(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeLab]:
         return {n.name: lab.machines[n.name] for n in nodes}
 
     monkeypatch.setattr(provision_mod, "connect_each", connect_each)
+    monkeypatch.setattr(provision_cli, "_hypervisor", lambda prof: None)
     (tmp_path / "check_heartbeat.sh").write_text("#!/bin/sh\nexit 0\n")
     (tmp_path / "lab.toml").write_text(PROFILE.replace("{primary_prio}", "101"))
     yield lab

@@ -276,6 +276,7 @@ def test_json_shape_is_stable_and_secret_free(profile: Profile, lab: Lab) -> Non
         "address": "10.249.90.10",
         "reachable": True,
         "error": None,
+        "machine_state": None,
         "service": "active",
         "vrrp_state": "MASTER",
         "priority": 103,

@@ -16,7 +16,7 @@ import pytest
 from labctl import keepalived as ka
 from labctl.cli import checks as cli_mod
 from labctl.errors import GuestUnreachable
-from labctl.hypervisor import Hypervisor
+from labctl.hypervisor import Hypervisor, MachineState
 from labctl.ops import drill as drill_op
 from labctl.ops.verify import HostKey
 from labctl.profile import Node, Profile, Role
@@ -48,6 +48,7 @@ class World:
         self.answers: str | None = "prod-back"
         self.hypervisor = FakeHypervisor()
         self.down: set[str] = set()
+        self.connected: list[str] = []
         self.clock = FakeClock()
         self.deadline: float | None = None  # shorter drill deadlines
         self.stuck = False  # the standby never gives the VIP back
@@ -57,6 +58,7 @@ class World:
 
     def connector(self, prof: Profile, *, deadline: float) -> Callable[[Node], Remote]:
         def connect(node: Node) -> Remote:
+            self.connected.append(node.name)
             if node.name in self.down:
                 raise GuestUnreachable(f"{node.name} did not answer SSH within {deadline:g} s")
             return FakeRemote(self.machine(node.name))
@@ -310,3 +312,76 @@ def test_doctor_invalid_profile_exits_3(
     path = write_profile(PROFILE.replace("vrid = 51", "vrid = 300"))
     result = cli("-p", str(path), "doctor")
     assert result.code == 3 and "pairs.back.vrid: must be 1..255" in result.err
+
+
+# ---------------------------------------------------------------------------
+# the hypervisor is asked first
+
+
+@pytest.mark.parametrize(
+    ("state", "link", "shown", "reason"),
+    [
+        (MachineState.ABSENT, True, "absent", "not created: run `labctl clone prod-back`"),
+        (MachineState.STOPPED, True, "stopped", "stopped: run `labctl up`"),
+        (MachineState.PAUSED, True, "paused", "paused: run `labctl up` (resumes it)"),
+        (MachineState.RUNNING, False, "link down",
+         "link down (cable out): run `labctl up` (reconnects it)"),
+    ],
+)
+def test_verify_reports_what_the_hypervisor_says_without_ssh(
+    world: World,
+    profile_path: str,
+    cli: Callable[..., CliResult],
+    state: MachineState,
+    link: bool,
+    shown: str,
+    reason: str,
+) -> None:
+    world.hypervisor.states["prod-back-standby"] = state
+    world.hypervisor.links["prod-back-standby"] = link
+    world.answers = None  # a probe of the VIP would time out: it must not be made
+    result = cli("verify", "--json", "-p", profile_path)
+    assert result.code == 5
+    (pair,) = json.loads(result.out)["pairs"]
+    assert pair["verdict"] == "UNKNOWN"
+    assert f"prod-back-standby {reason}" in pair["reasons"]
+    standby = pair["nodes"][1]
+    assert (standby["reachable"], standby["machine_state"], standby["error"]) == (
+        False, shown, reason)
+    assert pair["nodes"][0]["machine_state"] == "running"
+    assert pair["vips"][0]["data_path_error"].startswith("not probed")
+    assert "prod-back-standby" not in world.connected
+    table = cli("verify", "-p", profile_path)
+    assert f"prod-back-standby: {shown.upper()}" in table.out
+    assert f"back: prod-back-standby {reason}" in table.out
+
+
+def test_failover_refuses_a_paused_node_at_once_with_the_fix(
+    world: World, profile_path: str, cli: Callable[..., CliResult]
+) -> None:
+    world.hypervisor.states["prod-back-standby"] = MachineState.PAUSED
+    result = cli("-p", profile_path, "failover", "back", "--fault", "crash")
+    assert result.code == 5
+    assert result.err.splitlines() == [
+        "error: prod-back-standby paused: run `labctl up` (resumes it)",
+        "hint: labctl up",
+    ]
+    assert world.connected == []
+
+
+def test_machine_conditions_from_virtualbox_nics_and_the_ssh_backend(tmp_path: Path) -> None:
+    from labctl.hypervisor import Machine, Nic
+    from labctl.ops import machines
+    from labctl.profile_load import parse
+
+    (tmp_path / "check_heartbeat.sh").write_text("#!/bin/sh\nexit 0\n")
+    prof = parse(PROFILE.replace('backend = "nspawn"', 'backend = "virtualbox"'),
+                 path=tmp_path / "lab.toml")
+    unplugged = Machine("prod-back", MachineState.RUNNING,
+                        nics=(Nic(1, "intnet", "080027000001", cable=False),))
+    assert machines.judge(prof, unplugged).condition is machines.Condition.LINK_DOWN
+    plugged = Machine("prod-back", MachineState.RUNNING,
+                      nics=(Nic(1, "intnet", "080027000001", cable=True),))
+    assert machines.judge(prof, plugged).condition is machines.Condition.RUNNING
+    unseen = Machine("prod-back", MachineState.UNREACHABLE)
+    assert not machines.judge(prof, unseen).blocked

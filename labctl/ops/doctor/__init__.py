@@ -3,6 +3,8 @@
 What is checked, and how:
 
 * backend: the profile's hypervisor backend loads and ``check()`` passes.
+* per machine, from the hypervisor first: a machine that is absent, stopped, paused or has its
+  cable out FAILs at once with the command that fixes it, and is not tried over SSH.
 * profile: it loaded and validated (the CLI reports an invalid profile before this runs).
 * per machine, over SSH (one command each): reachable with a trusted host key (the connect
   helper refuses unknown-changed keys); keepalived installed and its version (2.2.7's config
@@ -59,6 +61,7 @@ from labctl.ops.doctor.pair import (
     parse_neigh,
 )
 from labctl.ops.doctor.report import Check, DoctorReport, Status
+from labctl.ops.machines import Condition, survey
 from labctl.ops.verify import UNREACHABLE_ERRORS
 from labctl.profile import Node, Profile
 from labctl.remote import Remote
@@ -111,6 +114,14 @@ class Doctor:
             f"{len(self.profile.pairs)} pairs",
         )
         machines = self._machines()
+        conditions = survey(self.profile, hv, machines)
+        for name, cond in conditions.items():
+            if cond.blocked:
+                # the hypervisor already says it cannot answer: no SSH attempt, no timeout
+                self.add(name, "machine", Status.FAIL, cond.reason or str(cond), cond.fix)
+                machines.pop(name)
+            elif cond.condition is Condition.RUNNING:
+                self.add(name, "machine", Status.OK, "running, cable connected")
         machine_checks = MachineChecks(self.profile, self.connect, self.command_timeout)
         pair_checks = PairChecks(self.profile, self.listen_seconds, self.command_timeout)
         with ThreadPoolExecutor(

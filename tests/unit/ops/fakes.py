@@ -49,7 +49,7 @@ class FakeHypervisor:
         m = self.machines.get(name)
         if m is None:
             return Machine(name, MachineState.ABSENT)
-        return Machine(name, m.state, m.address, m.managed)
+        return Machine(name, m.state, m.address, m.managed, link_up=m.link_up)
 
     def list(self) -> list[Machine]:
         return [self.inspect(n) for n in self.machines]
