@@ -7,7 +7,14 @@ register their commands on the group when imported here.
 
 from __future__ import annotations
 
-from labctl.cli import checks, export, lab, provision, watch  # noqa: F401  (register commands)
+from labctl.cli import (  # noqa: F401  (register commands)
+    apply,
+    checks,
+    export,
+    lab,
+    provision,
+    watch,
+)
 from labctl.cli.base import State, cli, main, run
 
 __all__ = ["State", "cli", "main", "run"]

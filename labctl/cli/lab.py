@@ -64,13 +64,16 @@ def _status_rows(rows: Sequence[Any]) -> None:
 @profile_option
 @pass_state
 def lab_up(state: State, machines: tuple[str, ...]) -> None:
-    """Create missing production machines, start them, wait until SSH answers."""
+    """Create missing production machines; start every machine of the lab (standbys too),
+    resume paused ones, reconnect unplugged cables; wait until SSH answers on each."""
     from labctl.ops import lab as lab_ops
 
     prof = state.profile()
     prof.check_machines(machines)
     result = lab_ops.up(prof, _lab_hypervisor(prof), machines, progress=note)
     _status_rows(result.machines)
+    if not result.changed:
+        click.echo("every machine was already up; nothing changed")
 
 
 @cli.command("down")
@@ -145,20 +148,41 @@ def lab_destroy(state: State, yes: bool) -> None:
 
 
 @cli.command("clone")
-@click.argument("production")
+@click.argument("production", required=False)
+@click.option("--all", "every", is_flag=True, help="Every pair's missing standby (the default).")
 @click.option("--linked/--full", default=False, help="Linked clone (overlay) or full copy.")
 @click.option("--force", is_flag=True, help="Recreate the standby if it exists.")
 @profile_option
 @JsonOpt
 @pass_state
-def lab_clone(state: State, production: str, linked: bool, force: bool, as_json: bool) -> None:
+def lab_clone(
+    state: State, production: str | None, every: bool, linked: bool, force: bool, as_json: bool
+) -> None:
     """Create PRODUCTION's standby with its own identity and boot it (production keeps running).
 
-    --json: {"pair", "production", "standby", "address", "linked", "created", "message"}.
+    Without PRODUCTION (or with --all): every pair's missing standby, in parallel; existing
+    ones are kept.
+
+    --json: {"pair", "production", "standby", "address", "linked", "created", "message"};
+    a list of those without PRODUCTION.
     """
     from labctl.ops import clone as clone_ops
 
     prof = state.profile()
+    if production is not None and every:
+        raise click.UsageError("give PRODUCTION or --all, not both")
+    if production is None:
+        if force:
+            raise click.UsageError("--force needs PRODUCTION (it recreates one standby)")
+        results = clone_ops.clone_missing(
+            prof, _lab_hypervisor(prof), linked=linked, progress=None if as_json else note
+        )
+        if as_json:
+            emit_json([r.to_json() for r in results])
+        else:
+            for r in results:
+                click.echo(r.message)
+        return
     prof.pair_of_primary(production)
     result = clone_ops.clone(prof, _lab_hypervisor(prof), production, linked=linked, force=force)
     if as_json:

@@ -28,6 +28,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,6 +63,10 @@ GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FREEZER_ROOT = Path("/sys/fs/cgroup/freezer")
 Paths = list[str]  # spelled out here because the class defines a method named ``list``
 _Pids = list[int]
+
+
+# host-wide setup shared by the machines of a lab (bridge, nft table, inotify limit)
+_HOST_SETUP = threading.Lock()
 
 
 def from_profile(profile: Profile) -> NspawnHypervisor:
@@ -293,9 +298,10 @@ class NspawnHypervisor:
         rec = self._require(name)
         if self.nspawn_pid(name) is not None:
             return
-        ensure_inotify_instances()
-        net.ensure_bridge(self.settings.bridge, self.settings.gateway, self.settings.subnet)
-        net.ensure_table(self.table)
+        with _HOST_SETUP:  # machines of one lab may start concurrently (up, clone --all)
+            ensure_inotify_instances()
+            net.ensure_bridge(self.settings.bridge, self.settings.gateway, self.settings.subnet)
+            net.ensure_table(self.table)
         if rec.link_up:
             net.remove_element(self.table, "down", self.port(name))
         else:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tenacity import (
@@ -23,7 +25,15 @@ from tenacity import (
 
 from labctl.errors import GuestUnreachable, OperationFailed
 from labctl.hypervisor import Hypervisor, MachineState, require, require_startable
-from labctl.ops.lab import Probe, Sleep, apply_identity, forget_host_keys, ssh_banner, wait_for_ssh
+from labctl.ops.lab import (
+    Probe,
+    Progress,
+    Sleep,
+    apply_identity,
+    forget_host_keys,
+    ssh_banner,
+    wait_for_ssh,
+)
 from labctl.profile import Profile, host_ip
 
 log = logging.getLogger(__name__)
@@ -188,3 +198,48 @@ def _wait_state(
                     raise _NotYet(name)
     except RetryError as exc:
         raise OperationFailed(f"{name} did not become {state.value} within {deadline:g}s") from exc
+
+
+def clone_missing(
+    profile: Profile,
+    hv: Hypervisor,
+    pairs: Sequence[str] = (),
+    *,
+    linked: bool = False,
+    progress: Progress | None = None,
+    probe: Probe | None = None,
+    sleep: Sleep = time.sleep,
+) -> list[CloneResult]:
+    """Create the standby of every named pair (all pairs when none) that does not exist yet,
+    concurrently; the others are kept as they are. Results in the profile's pair order."""
+    say = progress or (lambda _line: None)
+    names = list(dict.fromkeys(pairs)) or list(profile.pairs)
+    profile.check_pairs(names)
+    hv.check()
+    results: dict[str, CloneResult] = {}
+    missing = []
+    for name in names:
+        pair = profile.pairs[name]
+        if hv.inspect(pair.standby).state is MachineState.ABSENT:
+            missing.append(name)
+            continue
+        results[name] = CloneResult(
+            name, pair.primary, pair.standby, pair.standby_address, linked, False,
+            f"standby {pair.standby} exists; kept",
+        )
+
+    def one(name: str) -> CloneResult:
+        production = profile.pairs[name].primary
+        say(f"{profile.pairs[name].standby}: cloning {production}")
+        done = clone(profile, hv, production, linked=linked, probe=probe, sleep=sleep)
+        say(done.message)
+        return done
+
+    with ThreadPoolExecutor(max_workers=max(1, len(missing)), thread_name_prefix="clone") as pool:
+        futures = {name: pool.submit(one, name) for name in missing}
+        errors = [f.exception() for f in futures.values()]
+    for error in errors:
+        if error is not None:
+            raise error
+    results.update({name: f.result() for name, f in futures.items()})
+    return [results[name] for name in names]

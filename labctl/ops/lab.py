@@ -14,7 +14,8 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -31,6 +32,7 @@ from labctl import paths
 from labctl.errors import GuestUnreachable, OperationFailed
 from labctl.hypervisor import Hypervisor, MachineState, require, require_startable
 from labctl.hypervisor.nspawn_image import Image, ImageBuild, ensure_image
+from labctl.ops.machines import lab_link_up
 from labctl.profile import Profile, host_ip
 from labctl.state import atomic_write, lab_lock
 
@@ -123,6 +125,12 @@ class UpResult:
     created: list[str]
     started: list[str]
     machines: list[MachineStatus]
+    resumed: list[str] = field(default_factory=list)
+    reconnected: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.started or self.resumed or self.reconnected)
 
 
 @dataclass(frozen=True)
@@ -309,6 +317,16 @@ def _role_of(profile: Profile) -> dict[str, tuple[str, str]]:
     return {name: (role, address) for name, address, role in profile.all_nodes()}
 
 
+def up_names(profile: Profile, hv: Hypervisor, machines: Sequence[str] = ()) -> list[str]:
+    """What ``up`` acts on: the named machines, else every production machine and every
+    standby that exists (a missing standby is ``labctl clone``'s job)."""
+    if machines:
+        return list(dict.fromkeys(machines))
+    standbys = [p.standby for p in profile.pairs.values()]
+    existing = [s for s in standbys if hv.inspect(s).state is not MachineState.ABSENT]
+    return [*profile.machines, *existing]
+
+
 def up(
     profile: Profile,
     hv: Hypervisor,
@@ -318,21 +336,19 @@ def up(
     probe: Probe | None = None,
     sleep: Sleep = time.sleep,
 ) -> UpResult:
-    """Create missing production machines, start them, and wait until SSH answers."""
+    """Create missing production machines, start every machine (standbys too), resume paused
+    ones, reconnect unplugged cables, and wait until SSH answers on each (concurrently)."""
     probe = probe or ssh_banner  # looked up late so tests can replace it
     say = progress or (lambda _line: None)
     roles = _role_of(profile)
-    names = list(machines) or list(profile.machines)
-    profile.check_machines(names)
+    profile.check_machines(machines)
     require(hv, "up")
     hv.check()
     require_startable(hv)
-    created: list[str] = []
-    image: Image | None = None
-    for name in names:
-        if hv.inspect(name).state is not MachineState.ABSENT:
-            continue
-        role, address = roles[name]
+    names = up_names(profile, hv, machines)
+    missing = [n for n in names if hv.inspect(n).state is MachineState.ABSENT]
+    for name in missing:
+        role = roles[name][0]
         if role == "standby":
             primary = next(p.primary for p in profile.pairs.values() if p.standby == name)
             raise OperationFailed(
@@ -343,26 +359,38 @@ def up(
                 f"{name} does not exist; the {hv.name} backend cannot create machines",
                 hint="create it in the hypervisor, then run labctl clone for its standby",
             )
-        if image is None:
-            image = build_image(profile, progress=say).image
-        say(f"{name}: creating from image")
-        hv.create(name, image, address=address)
-        try:
-            apply_identity(hv, profile, name, address)
-        except BaseException:
-            hv.destroy(name)
-            raise
-        created.append(name)
+    if missing:
+        assert isinstance(hv, MachineFactory)
+        image = build_image(profile, progress=say).image
+
+        def create(name: str) -> None:
+            say(f"{name}: creating from image")
+            hv.create(name, image, address=roles[name][1])
+            try:
+                apply_identity(hv, profile, name, roles[name][1])
+            except BaseException:
+                hv.destroy(name)
+                raise
+
+        _each(create, missing)
     started: list[str] = []
-    for name in names:
-        state = hv.inspect(name).state
-        if state is MachineState.PAUSED:
+    resumed: list[str] = []
+    reconnected: list[str] = []
+
+    def bring_up(name: str) -> None:
+        machine = hv.inspect(name)
+        if lab_link_up(profile, machine) is False:
+            say(f"{name}: reconnecting its cable")
+            hv.set_link(name, True)
+            reconnected.append(name)
+        if machine.state is MachineState.PAUSED:
+            say(f"{name}: resuming (it was paused)")
             hv.resume(name)
-        elif state is MachineState.STOPPED:
+            resumed.append(name)
+        elif machine.state is MachineState.STOPPED:
             say(f"{name}: starting")
             hv.start(name)
             started.append(name)
-    for name in names:
         wait_for_ssh(
             name,
             roles[name][1],
@@ -374,7 +402,31 @@ def up(
             alive=_running(hv, name),
         )
         say(f"{name}: SSH answers")
-    return UpResult(created, started, [s for s in status(profile, hv) if s.machine in names])
+
+    _each(bring_up, names)
+    rows = [s for s in status(profile, hv) if s.machine in names]
+    order = {n: i for i, n in enumerate(names)}
+    return UpResult(
+        [n for n in names if n in missing],
+        sorted(started, key=order.__getitem__),
+        rows,
+        sorted(resumed, key=order.__getitem__),
+        sorted(reconnected, key=order.__getitem__),
+    )
+
+
+def _each(action: Callable[[str], None], names: Sequence[str]) -> None:
+    """Run action(name) for every name concurrently; the first failure is raised."""
+    if len(names) <= 1:
+        for name in names:
+            action(name)
+        return
+    with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="up") as pool:
+        futures = [pool.submit(action, n) for n in names]
+        errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
 
 
 def _running(hv: Hypervisor, name: str) -> Callable[[], bool]:

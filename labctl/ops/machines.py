@@ -50,7 +50,7 @@ def _creator(profile: Profile, name: str) -> str:
     return "labctl up"
 
 
-def _link_up(profile: Profile, machine: Machine) -> bool | None:
+def lab_link_up(profile: Profile, machine: Machine) -> bool | None:
     """The lab cable's state: the backend's link_up, else (VirtualBox) the lab NIC's cable."""
     if machine.link_up is not None:
         return machine.link_up
@@ -77,7 +77,7 @@ def judge(profile: Profile, machine: Machine) -> MachineCondition:
         return MachineCondition(
             name, Condition.PAUSED, "paused: run `labctl up` (resumes it)", "labctl up"
         )
-    if _link_up(profile, machine) is False:
+    if lab_link_up(profile, machine) is False:
         return MachineCondition(
             name,
             Condition.LINK_DOWN,

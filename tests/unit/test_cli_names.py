@@ -28,6 +28,8 @@ CASES = [
     (["verify", "--wait", "5", "back", "nosuch"], "PAIR: 'nosuch' is not a pair"),
     (["failover", "nosuch"], "PAIR: 'nosuch' is not a pair of lab local-lab " + PAIRS),
     (["failover", "nosuch", "--fault", "freeze"], "PAIR: 'nosuch' is not a pair"),
+    (["apply", "nosuch"], "PAIR: 'nosuch' is not a pair of lab local-lab " + PAIRS),
+    (["apply", "back", "nosuch"], "PAIR: 'nosuch' is not a pair"),
 ]
 
 

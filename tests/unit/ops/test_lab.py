@@ -14,7 +14,7 @@ from labctl.hypervisor import MachineState
 from labctl.ops import lab as lab_ops
 from labctl.profile import Profile
 from tests.unit.ops.conftest import FakeClock
-from tests.unit.ops.fakes import FakeHypervisor
+from tests.unit.ops.fakes import FakeHypervisor, FakeMachine
 
 
 def test_up_creates_gives_identity_before_first_start_and_records_host_keys(
@@ -26,8 +26,10 @@ def test_up_creates_gives_identity_before_first_start_and_records_host_keys(
         calls = [c for c in hv.calls if len(c) > 1 and c[1] == name]
         assert calls[:3] == [("create", name), ("exec", name, "identity"), ("start", name)]
     known = paths.known_hosts_path("unit").read_text().splitlines()
-    assert "10.251.1.10 ssh-ed25519 AAAAfake1" in known
-    assert "10.251.1.11 ssh-rsa AAAArsa2" in known
+    by_address = {ip: sorted(line.split()[1] for line in known if line.startswith(ip + " "))
+                  for ip in ("10.251.1.10", "10.251.1.11")}
+    assert by_address == {ip: ["ssh-ed25519", "ssh-rsa"] for ip in by_address}
+    assert len(set(known)) == 4  # each machine its own keys (created concurrently)
     assert paths.lab_key_path("unit").exists()
     assert [s.state for s in result.machines] == ["running", "running"]
 
@@ -213,3 +215,21 @@ def test_a_machine_that_dies_while_booting_fails_at_once(
     with pytest.raises(GuestUnreachable, match="stopped while booting"):
         lab_ops.up(prof, hv, ["prod-a"], probe=probe, sleep=clock.sleep)
     assert clock.sleeps == []
+
+
+def test_up_starts_existing_standbys_resumes_and_reconnects(
+    prof: Profile, hv: FakeHypervisor, clock: FakeClock
+) -> None:
+    lab_ops.up(prof, hv, probe=hv.probe, sleep=clock.sleep)
+    standby = next(iter(prof.pairs.values())).standby
+    hv.machines[standby] = FakeMachine(standby, hv.addresses[standby])  # stopped
+    hv.machines["prod-a"].state = MachineState.PAUSED
+    hv.machines["prod-b"].link_up = False
+    result = lab_ops.up(prof, hv, probe=hv.probe, sleep=clock.sleep)
+    assert result.started == [standby]
+    assert result.resumed == ["prod-a"]
+    assert result.reconnected == ["prod-b"]
+    assert {s.machine: s.state for s in result.machines} == {
+        "prod-a": "running", "prod-b": "running", standby: "running"}
+    again = lab_ops.up(prof, hv, probe=hv.probe, sleep=clock.sleep)
+    assert not again.changed
