@@ -44,10 +44,20 @@ class State:
     def profile(self, *, check_env: bool = False) -> Profile:
         if self._profile is None:
             self._profile = profile_mod.load(self.profile_ref, check_env=check_env)
+            _warn_about_pending_faults(self._profile)
         return self._profile
 
 
 pass_state = click.make_pass_decorator(State, ensure=True)
+
+
+def _warn_about_pending_faults(prof: Profile) -> None:
+    """One line on stderr when a killed drill left a fault in the lab."""
+    from labctl.ops.faults import notice
+
+    line = notice(prof)
+    if line is not None:
+        click.echo(line, err=True)
 
 
 def _set_profile(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:

@@ -33,6 +33,7 @@ from labctl.ops import connect as connect_ops
 from labctl.ops import doctor as doctor_op
 from labctl.ops import drill as drill_op
 from labctl.ops import evidence as evidence_op
+from labctl.ops import faults
 from labctl.ops import verify as verify_op
 from labctl.ops.machines import survey, usable_hypervisor
 from labctl.profile import Node, Profile
@@ -306,6 +307,12 @@ def failover_cmd(
         hypervisor = None
     # freeze and link act from outside the machine: refuse before connecting (ssh backend)
     require(hypervisor, kind.value)
+    journal = faults.journal_for(prof)
+    if journal.pending():
+        # a drill killed earlier left its fault in place: undo it before breaking anything
+        connect_once = _node_connector(prof, deadline=prof.timeouts.connect)
+        for line in faults.recover_all(prof, hypervisor, connect_once):
+            note(line)
     conditions = survey(prof, hypervisor, [n.name for n in nodes])
     for node in nodes:
         cond = conditions[node.name]
@@ -329,6 +336,7 @@ def failover_cmd(
             max_inflight=inflight,
             progress=note,
             reconnect=lambda name: reopen(by_name[name]),
+            journal=journal,
         )
         report = drill.run(trials)
         document = report.to_json()

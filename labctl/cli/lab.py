@@ -70,10 +70,24 @@ def lab_up(state: State, machines: tuple[str, ...]) -> None:
 
     prof = state.profile()
     prof.check_machines(machines)
-    result = lab_ops.up(prof, _lab_hypervisor(prof), machines, progress=note)
+    hv = _lab_hypervisor(prof)
+    result = lab_ops.up(prof, hv, machines, progress=note)
+    healed = _heal(prof, hv)
     _status_rows(result.machines)
-    if not result.changed:
+    for line in healed:
+        click.echo(line)
+    if not result.changed and not healed:
         click.echo("every machine was already up; nothing changed")
+
+
+def _heal(prof: Profile, hv: Any) -> list[str]:
+    """Undo the faults an interrupted drill left in place (machines are up by now)."""
+    from labctl.cli.checks import _node_connector
+    from labctl.ops import faults
+
+    if not faults.journal_for(prof).pending():
+        return []
+    return faults.recover_all(prof, hv, _node_connector(prof, deadline=prof.timeouts.connect))
 
 
 @cli.command("down")

@@ -266,7 +266,6 @@ class FakeHypervisor:
             raise BackendUnavailable(self.unavailable, hint="install it")
 
     def inspect(self, name: str) -> Machine:
-        self._record("inspect", name)
         state = self.states.get(name, MachineState.RUNNING)
         return Machine(name, state, link_up=self.links.get(name, True))
 

@@ -385,3 +385,32 @@ def test_machine_conditions_from_virtualbox_nics_and_the_ssh_backend(tmp_path: P
     assert machines.judge(prof, plugged).condition is machines.Condition.RUNNING
     unseen = Machine("prod-back", MachineState.UNREACHABLE)
     assert not machines.judge(prof, unseen).blocked
+
+
+def test_a_fault_left_by_a_killed_drill_is_announced_and_undone_by_the_next_failover(
+    simulated_drill: World,
+    profile_path: str,
+    cli: Callable[..., CliResult],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from labctl import profile as profile_mod
+    from labctl.ops import faults
+
+    world = simulated_drill
+    monkeypatch.setenv("LABCTL_HOME", str(tmp_path / "home"))
+    prof = profile_mod.load(profile_path)
+    faults.journal_for(prof).record(
+        faults.new_record("back", "freeze", "prod-back-standby", "prod-back"))
+    world.hypervisor.states["prod-back-standby"] = MachineState.PAUSED
+    status = cli("-p", profile_path, "verify")
+    assert status.err.splitlines()[0].startswith(
+        "warning: a drill was interrupted before it recovered its fault "
+        "(`failover back --fault freeze` on prod-back-standby)")
+    result = cli("-p", profile_path, "failover", "back", "--fault", "crash")
+    assert result.code == 0, result.err
+    assert ("prod-back-standby: undid the interrupted `failover back --fault freeze` on "
+            "prod-back-standby: resumed it") in result.err
+    assert world.hypervisor.states["prod-back-standby"] is MachineState.RUNNING
+    assert faults.journal_for(prof).pending() == []
+    assert "warning" not in cli("-p", profile_path, "verify").err

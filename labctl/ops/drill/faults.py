@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from labctl import keepalived as ka
 from labctl.errors import OperationFailed
 from labctl.hypervisor import Hypervisor, VrrpPartitioner, require
+from labctl.ops import faults as pending
+from labctl.ops.faults import FaultJournal, new_record
 from labctl.ops.verify import UNREACHABLE_ERRORS
 from labctl.profile import PairSpec, Profile
 from labctl.remote import Remote
@@ -29,7 +31,7 @@ FAILING_CHECK = (
     b"#!/bin/sh\n# labctl failover --fault health: this check fails on purpose\nexit 1\n"
 )
 
-NFT_TABLE = "labctl_drill"
+NFT_TABLE = pending.NFT_TABLE
 
 # Waits until the node itself sends a VRRP advert (a packet socket sees outgoing frames), so a
 # hard fault lands just after an advert and the peer's master-down timer starts at injection:
@@ -107,6 +109,7 @@ class FaultInjector:
     remotes: Mapping[str, Remote]
     hypervisor: Hypervisor | None
     command_timeout: float = 60.0
+    journal: FaultJournal | None = None  # the lab's record of a fault in place
     _saved_check: bytes | None = None
 
     def preflight(self, faulted: str, peer: str) -> None:
@@ -151,6 +154,9 @@ class FaultInjector:
         return result.ok and "advert" in result.stdout
 
     def inject(self, faulted: str, peer: str) -> None:
+        if self.journal is not None:
+            # recorded first: a labctl killed from here on leaves a lab that `up` heals
+            self.journal.record(new_record(self.pair_name, str(self.fault), faulted, peer))
         remote = self.remotes[faulted]
         t = self.command_timeout
         if self.fault is Fault.STOP:
@@ -196,6 +202,8 @@ class FaultInjector:
         elif self.fault is Fault.HEALTH and self._saved_check is not None:
             remote.put(self._saved_check, self._check_path(), mode=0o755)
             self._saved_check = None
+        if self.journal is not None:
+            self.journal.clear(self.pair_name)
 
     def _ip(self, name: str) -> str:
         for node in self.profile.nodes(self.pair_name):

@@ -16,6 +16,7 @@ from labctl.hypervisor import Hypervisor
 from labctl.ops.drill.faults import HARD_FAULTS, Fault, FaultInjector, settle_target, theory
 from labctl.ops.drill.poller import MAX_INFLIGHT, POLL_INTERVAL, STALE_AFTER, Poller, probe_holds
 from labctl.ops.drill.timeline import DrillReport, Sample, Trial, analyse
+from labctl.ops.faults import FaultJournal
 from labctl.ops.verify import UNREACHABLE_ERRORS
 from labctl.profile import Node, Profile
 from labctl.remote import Remote
@@ -65,6 +66,7 @@ class Drill:
     tick: float = TICK
     progress: Callable[[str], None] | None = None
     reconnect: Callable[[str], Remote] | None = None
+    journal: FaultJournal | None = None
 
     def _say(self, message: str) -> None:
         if self.progress is not None:
@@ -79,7 +81,8 @@ class Drill:
         self._retired: list[Remote] = []
         self._finished = False
         self.injector = FaultInjector(
-            self.profile, self.pair_name, self.fault, self.remotes, self.hypervisor
+            self.profile, self.pair_name, self.fault, self.remotes, self.hypervisor,
+            journal=self.journal,
         )
 
     # -- helpers --------------------------------------------------------------
