@@ -13,22 +13,24 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from labctl import __version__
-from labctl import keepalived as ka
-from labctl import profile as profile_mod
 from labctl.errors import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     LabctlError,
 )
-from labctl.hypervisor import Hypervisor
-from labctl.profile import Profile
+
+if TYPE_CHECKING:
+    # imported where used: `labctl --version` / `--help` load neither pydantic, jinja2,
+    # paramiko nor rich (see tests/unit/test_startup.py)
+    from rich.console import Console
+
+    from labctl.hypervisor import Hypervisor
+    from labctl.profile import Profile
 
 JsonOpt = click.option("--json", "as_json", is_flag=True, help="Print a JSON document.")
 
@@ -43,6 +45,8 @@ class State:
 
     def profile(self, *, check_env: bool = False) -> Profile:
         if self._profile is None:
+            from labctl import profile as profile_mod
+
             self._profile = profile_mod.load(self.profile_ref, check_env=check_env)
             _warn_about_pending_faults(self._profile)
         return self._profile
@@ -83,10 +87,14 @@ def profile_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def stdout_console() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False, soft_wrap=True)
 
 
 def stderr_console() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -98,6 +106,8 @@ def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str
     """A rich table on a terminal, aligned plain text otherwise (pipes, CI, NO_COLOR logs)."""
     cells = [[("" if c is None else str(c)) for c in row] for row in rows]
     if sys.stdout.isatty():
+        from rich.table import Table
+
         table = Table(title=title or None)
         for h in headers:
             table.add_column(h)
@@ -173,6 +183,8 @@ def profile_check(state: State, as_json: bool) -> None:
 @profile_group.command("schema")
 def profile_schema() -> None:
     """Print the JSON Schema of a profile (for editors)."""
+    from labctl.profile import Profile
+
     emit_json(Profile.model_json_schema())
 
 
@@ -188,6 +200,9 @@ def profile_schema() -> None:
 @pass_state
 def render(state: State, pair: str, node: str | None, show_secrets: bool) -> None:
     """Print the exact keepalived.conf (and check script) each node of PAIR gets."""
+    from labctl import keepalived as ka
+    from labctl import profile as profile_mod
+
     prof = state.profile()
     roles: list[profile_mod.Role] = ["primary", "standby"]
     if node is not None:

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -28,16 +29,19 @@ from labctl.errors import (
     GuestUnreachable,
     LabctlError,
 )
-from labctl.hypervisor import Hypervisor, require
-from labctl.ops import connect as connect_ops
-from labctl.ops import doctor as doctor_op
-from labctl.ops import drill as drill_op
-from labctl.ops import evidence as evidence_op
-from labctl.ops import faults
-from labctl.ops import verify as verify_op
-from labctl.ops.machines import survey, usable_hypervisor
-from labctl.profile import Node, Profile
-from labctl.remote import Remote
+
+if TYPE_CHECKING:
+    # the operations (paramiko, pydantic, jinja2) are imported inside the commands
+    from labctl.hypervisor import Hypervisor
+    from labctl.ops import doctor as doctor_op
+    from labctl.ops import drill as drill_op
+    from labctl.ops import verify as verify_op
+    from labctl.ops.verify import HostKey
+    from labctl.profile import Node, Profile
+    from labctl.remote import Remote
+
+# labctl.ops.drill.Fault's values (tests/unit/test_startup.py keeps them equal)
+FAULTS = ("stop", "crash", "freeze", "link", "partition", "health")
 
 # ---------------------------------------------------------------------------
 # Checks and drills (verify issue): verify, failover, doctor
@@ -58,6 +62,8 @@ VERIFY_CONNECT_DEADLINE = 3.0
 
 def _node_connector(prof: Profile, *, deadline: float) -> Callable[[Node], Remote]:
     """node -> open SSH connection (trusted host keys only), waiting at most ``deadline``."""
+    from labctl.ops import connect as connect_ops
+
     store = connect_ops.host_key_store(prof)
 
     def open_node(node: Node) -> Remote:
@@ -74,12 +80,17 @@ def _node_connector(prof: Profile, *, deadline: float) -> Callable[[Node], Remot
     return open_node
 
 
-# how the data path reads the host key answering on VIP:22 (replaced by unit tests)
-_vip_host_key = verify_op.ssh_host_key
+def _vip_host_key(host: str, port: int, timeout: float) -> HostKey:
+    """How the data path reads the host key answering on VIP:22 (replaced by unit tests)."""
+    from labctl.ops.verify import ssh_host_key
+
+    return ssh_host_key(host, port, timeout)
 
 
 def _connect_nodes(prof: Profile, nodes: Sequence[Node]) -> dict[str, Remote]:
     """Open one connection per node, all or nothing (closing what opened on failure)."""
+    from labctl.ops import connect as connect_ops
+
     connect = _node_connector(prof, deadline=prof.timeouts.connect)
     remotes: dict[str, Remote] = {}
     try:
@@ -97,6 +108,8 @@ def _hypervisor(prof: Profile) -> Hypervisor:
 
 def _usable_hypervisor(prof: Profile) -> Hypervisor | None:
     """The backend when it works on this host (asked before any SSH), else None."""
+    from labctl.ops.machines import usable_hypervisor
+
     try:
         return usable_hypervisor(_hypervisor(prof))
     except BackendUnavailable:
@@ -155,6 +168,9 @@ def verify_cmd(
     5 when a node could not be reached, 6 otherwise.
     """
     started = time.time()
+    from labctl.ops import evidence as evidence_op
+    from labctl.ops import verify as verify_op
+
     prof = state.profile()
     prof.check_pairs(pairs)
     if evidence is not None:
@@ -192,6 +208,9 @@ def _verify_evidence(
     connect: Callable[[Node], Remote],
 ) -> Path:
     """One pair's bundle; a node that cannot be reached is recorded in it, not fatal."""
+    from labctl.ops import connect as connect_ops
+    from labctl.ops import evidence as evidence_op
+
     remotes: dict[str, Remote] = {}
     try:
         for node in prof.nodes(pair):
@@ -272,8 +291,8 @@ def _render_drill(report: drill_op.DrillReport) -> None:
 @click.argument("pair")
 @click.option(
     "--fault",
-    type=click.Choice([f.value for f in drill_op.Fault]),
-    default=drill_op.Fault.STOP.value,
+    type=click.Choice(FAULTS),
+    default="stop",
     show_default=True,
     help="What to break on the current holder.",
 )
@@ -292,6 +311,13 @@ def failover_cmd(
     Exit 6 when a trial failed or the pair did not end with the VIP on exactly one node.
     """
     started = time.time()
+    from labctl.hypervisor import require
+    from labctl.ops import connect as connect_ops
+    from labctl.ops import drill as drill_op
+    from labctl.ops import evidence as evidence_op
+    from labctl.ops import faults
+    from labctl.ops.machines import survey
+
     prof = state.profile()
     nodes = prof.nodes(pair)
     kind = drill_op.Fault(fault)
@@ -380,6 +406,8 @@ def doctor_cmd(state: State, as_json: bool) -> None:
     An invalid profile is reported like `labctl profile check` (exit 3): nothing else can
     be checked without it.
     """
+    from labctl.ops import doctor as doctor_op
+
     prof = state.profile(check_env=True)
     connect = _node_connector(prof, deadline=prof.timeouts.connect)
     report = doctor_op.doctor(prof, connect, lambda: _hypervisor(prof))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,7 +19,9 @@ from labctl.cli.base import (
     pass_state,
     profile_option,
 )
-from labctl.profile import Profile
+
+if TYPE_CHECKING:
+    from labctl.profile import Profile
 
 # ---------------------------------------------------------------------------
 # Lab lifecycle and clone (nspawn issue): lab image, up, down, status, destroy, clone

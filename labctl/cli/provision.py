@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labctl import keepalived as ka
 from labctl.cli.base import (
     JsonOpt,
     State,
@@ -77,6 +76,7 @@ def provision_pair(state: State, pairs: tuple[str, ...], dry_run: bool, as_json:
     """
     from contextlib import nullcontext
 
+    from labctl import keepalived as ka
     from labctl.ops.provision import ProvisionFailed, provision
 
     prof = state.profile(check_env=True)
@@ -95,6 +95,8 @@ def provision_pair(state: State, pairs: tuple[str, ...], dry_run: bool, as_json:
 
 
 def _render_provision(report: ProvisionReport, secrets: list[str]) -> None:
+    from labctl import keepalived as ka
+
     if report.dry_run:
         for pair in report.pairs:
             for node in pair.nodes:

@@ -9,21 +9,21 @@ import sys
 import time
 from collections.abc import Iterator
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
 from labctl.cli.base import JsonOpt, State, cli, note, pass_state, profile_option, stderr_console
 from labctl.cli.checks import _node_connector
 from labctl.errors import GuestUnreachable, LabctlError
-from labctl.ops import connect as connect_ops
-from labctl.ops import logs as logs_op
-from labctl.ops import watch as watch_op
-from labctl.profile import Profile
-from labctl.remote import Remote
+
+if TYPE_CHECKING:
+    # imported inside the commands: `labctl --version` / `--help` stay light
+    from rich.table import Table
+
+    from labctl.ops import watch as watch_op
+    from labctl.profile import Profile
+    from labctl.remote import Remote
 
 WATCH_CONNECT_DEADLINE = 3.0
 LOG_LINES_SHOWN = 12
@@ -62,6 +62,8 @@ def _describe(event: watch_op.Event) -> str:
 
 
 def _table(snapshot: watch_op.Snapshot) -> Table:
+    from rich.table import Table
+
     table = Table(title="labctl watch (Ctrl-C to leave)")
     for header in ("pair", "holder", "node", "VRRP state", "VIP", "reachable"):
         table.add_column(header)
@@ -100,6 +102,12 @@ def watch_cmd(state: State, pairs: tuple[str, ...], as_json: bool) -> None:
     On a terminal: a table refreshed every 100 ms and a log of transitions. Otherwise, or
     with --json (one JSON object per line per transition), only the transitions.
     """
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    from labctl.ops import watch as watch_op
+
     prof = state.profile()
     names = _pairs(prof, pairs)
     watch = watch_op.Watch(prof, names, _node_connector(prof, deadline=WATCH_CONNECT_DEADLINE))
@@ -142,6 +150,9 @@ def watch_cmd(state: State, pairs: tuple[str, ...], as_json: bool) -> None:
 @pass_state
 def logs_cmd(state: State, pair: str, since: str | None, as_json: bool) -> None:
     """Both nodes' keepalived journals, merged in time order, each line tagged with its node."""
+    from labctl.ops import connect as connect_ops
+    from labctl.ops import logs as logs_op
+
     prof = state.profile()
     nodes = prof.nodes(pair)
     start: float | None = None
