@@ -110,7 +110,7 @@ def test_a_fault_that_cannot_be_undone_stays_recorded(
 ) -> None:
     journal = faults.journal_for(profile)
     journal.record(faults.new_record("back", "freeze", "prod-back", "prod-back-standby"))
-    with pytest.raises(LabctlError, match="needs the lab.s hypervisor"):
+    with pytest.raises(LabctlError, match=r"needs the lab.s hypervisor"):
         faults.recover_all(profile, None, connector(machines))
     assert [p.fault for p in journal.pending()] == ["freeze"]
 
