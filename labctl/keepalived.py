@@ -10,10 +10,9 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from labctl.profile import Node, Profile, Role
 
@@ -26,14 +25,23 @@ INTERFACE_PLACEHOLDER = "<detected-at-provision>"
 # the whitespace options any other renderer of the template must use for identical bytes
 JINJA_OPTIONS = {"trim_blocks": True, "lstrip_blocks": True, "keep_trailing_newline": True}
 
-_env = jinja2.Environment(
-    loader=jinja2.PackageLoader("labctl", "templates"),
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-    trim_blocks=JINJA_OPTIONS["trim_blocks"],
-    lstrip_blocks=JINJA_OPTIONS["lstrip_blocks"],
-    keep_trailing_newline=JINJA_OPTIONS["keep_trailing_newline"],
-)
+if TYPE_CHECKING:
+    import jinja2
+
+
+@cache
+def _env() -> jinja2.Environment:
+    # jinja2 is loaded on first render only: verify and doctor parse, they never render
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("labctl", "templates"),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        trim_blocks=JINJA_OPTIONS["trim_blocks"],
+        lstrip_blocks=JINJA_OPTIONS["lstrip_blocks"],
+        keep_trailing_newline=JINJA_OPTIONS["keep_trailing_newline"],
+    )
 
 
 @dataclass(frozen=True)
@@ -112,7 +120,8 @@ RUNTIME_VARIABLES = ("interface", "auth_pass")
 
 def template_source() -> bytes:
     """The template file itself, byte for byte (``labctl export ansible`` ships it)."""
-    source = _env.loader.get_source(_env, TEMPLATE)[0] if _env.loader else ""
+    env = _env()
+    source = env.loader.get_source(env, TEMPLATE)[0] if env.loader else ""
     return source.encode()
 
 
@@ -160,7 +169,7 @@ def template_context(profile: Profile, pair_name: str, role: Role) -> dict[str, 
 
 def render_template(context: dict[str, Any]) -> str:
     """keepalived.conf.j2 rendered with labctl's Jinja2 options (see JINJA_OPTIONS)."""
-    return _env.get_template(TEMPLATE).render(**context)
+    return _env().get_template(TEMPLATE).render(**context)
 
 
 def advert_int_text(seconds: float) -> str:

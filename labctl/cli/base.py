@@ -7,7 +7,6 @@ into ``error: ...`` / ``hint: ...`` on stderr and its exit code.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
@@ -99,6 +98,8 @@ def stderr_console() -> Console:
 
 
 def emit_json(document: Any) -> None:
+    import json
+
     click.echo(json.dumps(document, indent=2, sort_keys=False, default=str))
 
 

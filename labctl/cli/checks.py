@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -345,6 +344,8 @@ def failover_cmd(
         if cond.blocked:
             raise GuestUnreachable(f"{node.name} {cond.reason}", hint=cond.fix)
     if not state.debug:
+        import logging
+
         # a frozen or unplugged node makes paramiko log about its channels: expected here
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     remotes = _connect_nodes(prof, nodes)
