@@ -18,6 +18,7 @@ from labctl.cli.base import (
     note,
     pass_state,
     profile_option,
+    usable_hypervisor_for,
 )
 
 if TYPE_CHECKING:
@@ -205,6 +206,39 @@ def lab_clone(
         emit_json(result.to_json())
     else:
         click.echo(result.message)
+
+
+@cli.command(
+    "ssh",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.argument("machine")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@profile_option
+@pass_state
+@click.pass_context
+def lab_ssh(ctx: click.Context, state: State, machine: str, command: tuple[str, ...]) -> None:
+    """A shell on MACHINE, or one COMMAND (after --), through OpenSSH with labctl's user, key
+    and trusted host keys; exits with the command's status.
+
+    Example: labctl ssh prod-back -- hostname
+    """
+    import subprocess
+
+    from labctl.errors import GuestUnreachable
+    from labctl.ops import shell
+    from labctl.ops.machines import survey
+
+    prof = state.profile()
+    prof.check_machines([machine])
+    args = list(command)
+    if args[:1] == ["--"]:
+        args = args[1:]
+    cond = survey(prof, usable_hypervisor_for(prof), [machine])[machine]
+    if cond.blocked:
+        raise GuestUnreachable(f"{machine} {cond.reason}", hint=cond.fix)
+    argv = shell.openssh_argv(prof, machine, args)
+    ctx.exit(subprocess.call(argv))
 
 
 # (end of lab lifecycle section)
