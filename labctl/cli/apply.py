@@ -13,7 +13,6 @@ from labctl.cli.base import (
     cli,
     emit_table,
     hypervisor_for,
-    note,
     pass_state,
     profile_option,
 )
@@ -47,7 +46,10 @@ def apply_cmd(state: State, pairs: tuple[str, ...], wait: float, as_json: bool) 
     prof.check_pairs(pairs)
     hv = hypervisor_for(prof)
     connect = checks._node_connector(prof, deadline=checks.VERIFY_CONNECT_DEADLINE)
-    with _ProgressOnStderr():
+    from labctl.cli.progress import machine_lines
+
+    lines = machine_lines([n for n, _a, _r in prof.all_nodes()], quiet=as_json)
+    with lines as progress, _ProgressOnStderr(progress):
         report = apply_ops.apply(
             prof,
             hv,
@@ -55,7 +57,7 @@ def apply_cmd(state: State, pairs: tuple[str, ...], wait: float, as_json: bool) 
             connect=connect,
             host_key_reader=checks._vip_host_key,
             wait=wait,
-            progress=note,
+            progress=progress,
         )
     if as_json:
         click.echo(ka.mask(json.dumps(report.to_json(), indent=2, default=str), prof.secrets()))

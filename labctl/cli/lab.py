@@ -73,8 +73,11 @@ def lab_up(state: State, machines: tuple[str, ...]) -> None:
 
     prof = state.profile()
     prof.check_machines(machines)
+    from labctl.cli.progress import machine_lines
+
     hv = _lab_hypervisor(prof)
-    result = lab_ops.up(prof, hv, machines, progress=note)
+    with machine_lines([n for n, _a, _r in prof.all_nodes()]) as progress:
+        result = lab_ops.up(prof, hv, machines, progress=progress)
     healed = _heal(prof, hv)
     _status_rows(result.machines)
     for line in healed:
@@ -191,9 +194,12 @@ def lab_clone(
     if production is None:
         if force:
             raise click.UsageError("--force needs PRODUCTION (it recreates one standby)")
-        results = clone_ops.clone_missing(
-            prof, _lab_hypervisor(prof), linked=linked, progress=None if as_json else note
-        )
+        from labctl.cli.progress import machine_lines
+
+        with machine_lines([n for n, _a, _r in prof.all_nodes()]) as progress:
+            results = clone_ops.clone_missing(
+                prof, _lab_hypervisor(prof), linked=linked, progress=None if as_json else progress
+            )
         if as_json:
             emit_json([r.to_json() for r in results])
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
@@ -32,18 +33,25 @@ if TYPE_CHECKING:
 
 
 class _NoteHandler(logging.Handler):
-    """labctl.* log records as plain lines on whatever stderr is now."""
+    """labctl.* log records as plain lines on whatever stderr is now (or to ``sink``)."""
+
+    def __init__(self, sink: Callable[[str], None] = note) -> None:
+        super().__init__()
+        self.sink = sink
 
     def emit(self, record: logging.LogRecord) -> None:
-        note(self.format(record))
+        self.sink(self.format(record))
 
 
 class _ProgressOnStderr:
     """Show progress and waiting (labctl.* INFO logs) on stderr while a command runs."""
 
+    def __init__(self, sink: Callable[[str], None] = note) -> None:
+        self.sink = sink
+
     def __enter__(self) -> None:
         self.logger = logging.getLogger("labctl")
-        self.handler, self.level = _NoteHandler(), self.logger.level
+        self.handler, self.level = _NoteHandler(self.sink), self.logger.level
         self.logger.addHandler(self.handler)
         self.logger.setLevel(logging.INFO)
 
