@@ -30,6 +30,8 @@ CASES = [
     (["failover", "nosuch", "--fault", "freeze"], "PAIR: 'nosuch' is not a pair"),
     (["apply", "nosuch"], "PAIR: 'nosuch' is not a pair of lab local-lab " + PAIRS),
     (["apply", "back", "nosuch"], "PAIR: 'nosuch' is not a pair"),
+    (["export", "ansible", "/nonexistent/labctl-out", "nosuch"],
+     "PAIR: 'nosuch' is not a pair of lab local-lab " + PAIRS),
     (["ssh", "nosuch"], "MACHINE: 'nosuch' is not a machine of lab local-lab " + MACHINES),
     (["ssh", "nosuch", "--", "hostname"], "MACHINE: 'nosuch' is not a machine"),
 ]
