@@ -72,7 +72,9 @@ class World:
 
 
 @pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+def world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[World]:
+    # drills record their fault in the lab's directory: keep it out of the real home
+    monkeypatch.setenv("LABCTL_HOME", str(tmp_path / "home"))
     w = World()
     monkeypatch.setattr(cli_mod, "_node_connector", w.connector)
     monkeypatch.setattr(cli_mod, "_vip_host_key", w.host_key)
