@@ -143,7 +143,7 @@ def test_clone_of_a_missing_machine_fails_and_leaves_nothing(
 def test_clone_of_a_machine_without_a_pair_names_the_argument(
     shared_pair: LabPair, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run(["clone", "nosuch", "-p", str(shared_pair.profile.path)]) == 1
+    assert run(["clone", "nosuch", "-p", str(shared_pair.profile.path)]) == 2  # usage error
     assert "PRODUCTION: 'nosuch'" in capsys.readouterr().err
 
 

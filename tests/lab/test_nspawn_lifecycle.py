@@ -146,7 +146,7 @@ def test_destroy_without_yes_off_a_terminal_is_refused(
 def test_up_of_an_unknown_machine_names_it(
     shared_pair: LabPair, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run(["up", "nosuch", "-p", str(shared_pair.profile.path)]) == 1
+    assert run(["up", "nosuch", "-p", str(shared_pair.profile.path)]) == 2  # usage error
     assert "'nosuch'" in capsys.readouterr().err
 
 
