@@ -133,8 +133,9 @@ def test_unknown_for_a_frozen_node_with_the_standby_seen_holding(
         assert p["verdict"] == "UNKNOWN"
         frozen = p["nodes"][0]
         assert frozen["reachable"] is False and frozen["error"]
-        assert frozen["holds"] == []  # unknown, and reported as unreachable, not "absent"
-        assert f"{pair.primary.name} unreachable" in p["reasons"][0]
+        assert frozen["holds"] == []  # unknown, and reported as paused, not "not holding"
+        assert frozen["machine_state"] == "paused"  # the hypervisor said so, before any SSH
+        assert p["reasons"][0] == f"{pair.primary.name} paused: run `labctl up` (resumes it)"
         assert any(f"seen on {pair.standby.name}" in r for r in p["reasons"])
         assert labctl(pair, capsys, "verify").code == 5
     finally:
