@@ -138,6 +138,14 @@ class VirtualBoxSettings(BaseModel):
     guest_password_env: str | None = Field(
         None, description="environment variable holding guest_user's password (never stored)"
     )
+    driverless: bool = Field(
+        False,
+        description="true on a host without VirtualBox's kernel driver whose `vboxmanage "
+        "startvm` powers VMs on in driverless mode (VirtualBox's own execution engine, e.g. a "
+        "wrapper running `VirtualBoxVM --startvm NAME --driverless`): labctl then does not "
+        "require /dev/vboxdrv, and the pyvbox driver starts VMs with `vboxmanage startvm` "
+        "(the API's launchVMProcess cannot power on a driverless VM)",
+    )
 
     @field_validator("guest_password_env")
     @classmethod
@@ -340,8 +348,13 @@ class Timeouts(BaseModel):
     connect: float = Field(10.0, description="seconds for one SSH connection attempt")
     boot: float = Field(90.0, description="seconds a starting machine has to answer SSH")
     command: float = Field(300.0, description="seconds one remote command may take")
+    guest: float = Field(
+        120.0,
+        description="seconds a VirtualBox guest-control session (Guest Additions) may take to "
+        "open; a loaded or interpreted guest needs minutes",
+    )
 
-    @field_validator("connect", "boot", "command", mode="before")
+    @field_validator("connect", "boot", "command", "guest", mode="before")
     @classmethod
     def _seconds(cls, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):

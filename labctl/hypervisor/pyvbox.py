@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import ModuleType
@@ -313,7 +314,9 @@ class PyVBoxHypervisor:
             self._check_progress(machine.delete_config(media), f"deleting {name}")
 
     def start(self, name: str) -> None:
-        """launch_vm_process(headless) after applying the remembered link state."""
+        """launch_vm_process(headless) after applying the remembered link state; on a
+        driverless host (``lab.virtualbox.driverless``) ``vboxmanage startvm`` instead, the
+        only way such a host powers VMs on."""
         machine = self._require(name)
         state = self._state(machine)
         if state is MachineState.RUNNING:
@@ -327,16 +330,35 @@ class PyVBoxHypervisor:
                     adapter = session.machine.get_network_adapter(self.nic - 1)
                     adapter.cable_connected = link == "on"
                     session.machine.save_settings()
+            if self._profile is not None and self._profile.lab.virtualbox.driverless:
+                self._start_with_vboxmanage(name)
+                return
             session = self._virtualbox().Session()
             progress = machine.launch_vm_process(session, "headless", [])
             try:
                 self._check_progress(progress, f"starting {name}")
             except OperationFailed as exc:
-                raise start_failed(name, exc.message) from exc
+                raise start_failed(name, exc.message, self._profile) from exc
             finally:
                 # a launch that failed leaves the session unlocked: don't mask its error
                 with contextlib.suppress(Exception):
                     session.unlock_machine()
+
+    def _start_with_vboxmanage(self, name: str) -> None:
+        assert self._profile is not None
+        argv = [self._profile.lab.virtualbox.vboxmanage, "startvm", name, "--type", "headless"]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                  timeout=self._profile.timeouts.boot)  # fmt: skip
+        except FileNotFoundError as exc:
+            raise BackendUnavailable(f"{argv[0]} not found (lab.virtualbox.vboxmanage)") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise start_failed(name, f"{argv[0]} startvm took over timeouts.boot "
+                               f"({self._profile.timeouts.boot:g} s)", self._profile) from exc
+        if done.returncode != 0:
+            detail = next((ln.removeprefix("VBoxManage: error: ") for ln in
+                           done.stderr.splitlines() if ln.strip()), f"exit {done.returncode}")
+            raise start_failed(name, detail, self._profile)
 
     def stop(self, name: str, *, hard: bool = False) -> None:
         """power_down (hard) or power_button (graceful, returns before the guest is down)."""
@@ -392,7 +414,7 @@ class PyVBoxHypervisor:
         if state is not MachineState.RUNNING:
             raise OperationFailed(f"cannot run a command in {name}: it is {state}")
         with self._wrap(f"running {argv[0]} in {name}"), self._session(machine) as session:
-            guest_session = session.console.guest.create_session(user, password)
+            guest_session = self._open_guest_session(name, session.console.guest, user, password)
             try:
                 process, out, err = guest_session.execute(
                     argv[0], list(argv[1:]), timeout_ms=int(timeout * 1000)
@@ -405,6 +427,33 @@ class PyVBoxHypervisor:
                 bytes(out).decode(errors="replace"),
                 bytes(err).decode(errors="replace"),
             )
+
+    def _open_guest_session(self, name: str, guest: Any, user: str, password: str) -> Any:
+        """IGuest.createSession, then wait for it to start up to ``timeouts.guest``.
+
+        pyvbox's own ``create_session`` gives a session 5 s to start; a loaded or interpreted
+        guest takes far longer (25-73 s measured), and a session given up on still starts later
+        and then fails. One session is opened and waited for, never retried blindly.
+        """
+        assert self._profile is not None
+        deadline = self._profile.timeouts.guest
+        lib = self._lib()
+        # IGuest.createSession itself (library.IGuest is pyvbox's extension class)
+        session = lib.IGuestSession(
+            guest._call("createSession", in_p=[user, password, "", "labctl"])
+        )
+        session.wait_for(int(lib.GuestSessionWaitForFlag.start), int(deadline * 1000))
+        status = session.status
+        if status == lib.GuestSessionStatus.started:
+            return session
+        with contextlib.suppress(Exception):
+            session.close()
+        raise OperationFailed(
+            f"{name}: the guest-control session did not start within timeouts.guest "
+            f"({deadline:g} s; status {status})",
+            hint="check that the Guest Additions service (VBoxService) runs in the guest, or "
+            "raise timeouts.guest",
+        )
 
     def destroy(self, name: str) -> None:
         """Power off if needed, unregister (CleanupMode.full) and delete_config. Tagged only."""
@@ -467,7 +516,9 @@ class PyVBoxHypervisor:
 
     def host_report(self) -> VirtualBoxHost:
         """IVirtualBox.version, this driver and why, and whether VMs can start here."""
-        return VirtualBoxHost(self.dialect().version, self.name, self.why, start_blocker())
+        return VirtualBoxHost(
+            self.dialect().version, self.name, self.why, start_blocker(self._profile)
+        )
 
 
 def from_profile(profile: Profile) -> PyVBoxHypervisor:

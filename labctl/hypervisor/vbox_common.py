@@ -77,9 +77,13 @@ def guest_credentials(profile: Profile) -> tuple[str, str]:
     return settings.guest_user, password
 
 
-def start_blocker() -> str | None:
-    """Why no VM can start on this host, or None: the kernel driver's device is missing."""
+def start_blocker(profile: Profile | None = None) -> str | None:
+    """Why no VM can start on this host, or None: the kernel driver's device is missing, and
+    the profile does not say that this host starts VMs in driverless mode
+    (``lab.virtualbox.driverless``)."""
     if KERNEL_DRIVER.exists():
+        return None
+    if profile is not None and profile.lab.virtualbox.driverless:
         return None
     return (
         f"VirtualBox VMs cannot start on this host: its kernel driver is not loaded "
@@ -87,9 +91,9 @@ def start_blocker() -> str | None:
     )
 
 
-def start_failed(name: str, detail: str) -> LabctlError:
+def start_failed(name: str, detail: str, profile: Profile | None = None) -> LabctlError:
     """The error for a VM that did not start: exit 4 when the kernel driver is missing."""
-    blocker = start_blocker()
+    blocker = start_blocker(profile)
     if blocker is not None:
         return BackendUnavailable(
             f"{name} did not start ({detail}): {blocker}", hint=KERNEL_DRIVER_HINT

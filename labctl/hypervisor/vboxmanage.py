@@ -297,7 +297,7 @@ class VBoxManageHypervisor:
             self._vbox("modifyvm", name, f"--cableconnected{self.nic}", link)
         result = self._vbox("startvm", name, "--type", "headless", check=False)
         if result.code != 0:
-            raise start_failed(name, self._failure(result).message)
+            raise start_failed(name, self._failure(result).message, self._profile)
 
     def stop(self, name: str, *, hard: bool = False) -> None:
         """controlvm poweroff (hard) or acpipowerbutton (graceful; returns before the guest is
@@ -409,7 +409,7 @@ class VBoxManageHypervisor:
     def host_report(self) -> VirtualBoxHost:
         """VBoxManage --version, this driver and why, and whether VMs can start here."""
         version = self._vbox("--version").stdout.strip()
-        return VirtualBoxHost(version, self.name, self.why, start_blocker())
+        return VirtualBoxHost(version, self.name, self.why, start_blocker(self._profile))
 
 
 def from_profile(profile: Profile) -> VBoxManageHypervisor:

@@ -154,6 +154,17 @@ def _library() -> types.ModuleType:
         value = 0x80BB0005
 
     lib.VBoxError = VBoxError  # type: ignore[attr-defined]
+    lib.GuestSessionStatus = _enum(  # type: ignore[attr-defined]
+        "GuestSessionStatus",
+        [("Undefined", "undefined", 0), ("Starting", "starting", 10),
+         ("Started", "started", 100), ("Terminated", "terminated", 500),
+         ("Error", "error", 800)],
+    )
+    lib.GuestSessionWaitForFlag = _enum(  # type: ignore[attr-defined]
+        "GuestSessionWaitForFlag",
+        [("None", "none", 0), ("Start", "start", 1), ("Terminate", "terminate", 2)],
+    )
+    lib.IGuestSession = lambda raw: raw  # type: ignore[attr-defined]
     lib.VBoxErrorObjectNotFound = VBoxErrorObjectNotFound  # type: ignore[attr-defined]
     lib.VBoxErrorInvalidVmState = VBoxErrorInvalidVmState  # type: ignore[attr-defined]
     lib.VBoxErrorInvalidObjectState = VBoxErrorInvalidObjectState  # type: ignore[attr-defined]
@@ -542,6 +553,14 @@ class FakeGuest:
         vm = self._api.world.find(self._name)
         if not vm.guest_additions or vm.guest_accounts.get(user) != password:
             raise SystemError("GuestSession failed to start")
+        session = FakeGuestSession(self._api, self._name, user, password)
+        session.status = self._api.lib.GuestSessionStatus.started
+        return session
+
+    def _call(self, method: str, in_p: list[str]) -> FakeGuestSession:
+        """The raw IGuest.createSession: the session starts asynchronously (see wait_for)."""
+        assert method == "createSession", method
+        user, password, _domain, _name = in_p
         return FakeGuestSession(self._api, self._name, user, password)
 
 
@@ -554,6 +573,20 @@ class FakeGuestSession:
     def __init__(self, api: FakeVirtualBoxApi, name: str, user: str, password: str) -> None:
         self._api, self._name, self._user, self._password = api, name, user, password
         self.closed = False
+        self.status: Any = api.lib.GuestSessionStatus.starting
+
+    def wait_for(self, flag: int, timeout_ms: int) -> int:
+        """Like IGuestSession.waitFor(start): started, error (bad login) or still starting
+        (the world's ``guest_session_starts`` = False: a guest too slow for the deadline)."""
+        vm = self._api.world.find(self._name)
+        statuses = self._api.lib.GuestSessionStatus
+        if not vm.guest_additions or not vm.guest_session_starts:
+            return 5  # GuestSessionWaitResult.timeout
+        if vm.guest_accounts.get(self._user) != self._password:
+            self.status = statuses.error
+            return 6  # GuestSessionWaitResult.error
+        self.status = statuses.started
+        return 1  # GuestSessionWaitResult.start
 
     def execute(
         self, command: str, arguments: list[str] | None = None, stdin: str = "",

@@ -88,6 +88,7 @@ class Vm:
         snapshots: list[str] | None = None,
         guest_additions: str | None = "6.1.50 r161033",
         guest_accounts: dict[str, str] | None = None,
+        guest_session_starts: bool = True,
         acpi_pending: int = -1,  # reads left until an ACPI shutdown completes; -1 = none
         description: str = "",
     ) -> None:
@@ -99,6 +100,8 @@ class Vm:
         self.snapshots = snapshots if snapshots is not None else []
         self.guest_additions = guest_additions
         self.guest_accounts = guest_accounts if guest_accounts is not None else {}
+        # False: a guest-control session never starts within the caller's deadline
+        self.guest_session_starts = guest_session_starts
         self.acpi_pending = acpi_pending
         self.description = description
 

@@ -90,11 +90,116 @@ def cache_dir() -> Path:
 @dataclass(frozen=True)
 class Build:
     """A finished sandbox build: ``root`` is the sid tree, ``seconds`` what building took
-    (0 when it was cached)."""
+    (0 when it was cached). ``layers`` are further read-only trees stacked on ``root`` (the
+    VM layer of :func:`ensure_vm_layer`), topmost first."""
 
     root: Path
     seconds: float
     built: bool
+    layers: tuple[Path, ...] = ()
+
+    def lowerdir(self) -> str:
+        return ":".join(str(p) for p in (*self.layers, self.root))
+
+
+# -- the VM layer: what powering VMs on needs, on top of the management-plane sandbox ------
+VM_LAYER_VERSION = 1
+VM_PACKAGES = (
+    # the Qt frontend (the only way to power a VM on without the kernel driver), its X server
+    "virtualbox-qt",
+    "xvfb",
+    "xauth",
+    # the lab network
+    "vde2",
+    # the guest kernel: Debian's source package and what building a tinyconfig kernel needs
+    "linux-source",
+    "gcc",
+    "make",
+    "libc6-dev",
+    "bc",
+    "flex",
+    "bison",
+    "libelf-dev",
+    "lz4",
+    "cpio",
+    "xz-utils",
+    "python3-minimal",
+    # the boot ISO carrying the kernel
+    "grub-pc-bin",
+    "grub-common",
+    "xorriso",
+    "mtools",
+)
+
+
+def vm_layer_recipe() -> dict[str, object]:
+    return {"version": VM_LAYER_VERSION, "base": recipe_hash(), "packages": list(VM_PACKAGES)}
+
+
+def vm_layer_hash() -> str:
+    return hashlib.sha256(json.dumps(vm_layer_recipe(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def ensure_vm_layer(base: Build, log: Path | None = None) -> Build:
+    """``base`` plus the cached VM layer (an overlay upper directory, built on first use,
+    keyed by its own recipe hash, built in staging and renamed into place when complete)."""
+    cache = cache_dir()
+    final = cache / f"vm-{vm_layer_hash()}"
+    started = time.monotonic()
+    built = False
+    if not (final / "recipe.json").is_file():
+        with open(cache / ".lock-vm", "a+") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            if not (final / "recipe.json").is_file():
+                staging = cache / f".build-vm-{vm_layer_hash()}-{uuid.uuid4().hex[:6]}"
+                try:
+                    _build_vm_layer(base, staging, log or staging.with_suffix(".log"))
+                    staging.rename(final)
+                    built = True
+                except BaseException:
+                    _unmount_below(staging)
+                    shutil.rmtree(staging, ignore_errors=True)
+                    raise
+    return Build(
+        base.root,
+        time.monotonic() - started if built else 0.0,
+        built,
+        (final / "upper", *base.layers),
+    )
+
+
+def _build_vm_layer(base: Build, staging: Path, log: Path) -> None:
+    upper, work, merged = staging / "upper", staging / "work", staging / "merged"
+    for d in (upper, work, merged):
+        d.mkdir(parents=True)
+    _mount(
+        ["-t", "overlay", "overlay", "-o",
+         f"lowerdir={base.lowerdir()},upperdir={upper},workdir={work}", str(merged)]
+    )  # fmt: skip
+    try:
+        with open(log, "a") as out, _mounted_system(merged):
+            install = (
+                "export DEBIAN_FRONTEND=noninteractive; apt-get update -q && "
+                f"apt-get install -y -q --no-install-recommends {' '.join(VM_PACKAGES)} && "
+                "apt-get clean && rm -rf /var/lib/apt/lists/*"
+            )
+            done = subprocess.run(
+                ["chroot", str(merged), "/bin/sh", "-c", install],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        if done.returncode != 0:
+            tail = log.read_text(errors="replace").splitlines()[-5:]
+            raise SandboxError(
+                f"VirtualBox VM layer: apt-get install failed (exit {done.returncode}): "
+                + " | ".join(tail)
+            )
+    finally:
+        _umount(merged)
+    shutil.rmtree(work, ignore_errors=True)
+    merged.rmdir()
+    (staging / "recipe.json").write_text(
+        json.dumps({**vm_layer_recipe(), "built": time.time()}, indent=2) + "\n"
+    )
 
 
 def ensure_sandbox(log: Path | None = None) -> Build:
@@ -282,17 +387,18 @@ class SandboxRun:
         self.vboxmanage = self.base / "bin" / "VBoxManage"
 
     @classmethod
-    def open(cls, build: Build) -> SandboxRun:
+    def open(cls, build: Build, *, vbox: bool = True) -> SandboxRun:
+        """A new run; ``vbox=False`` for scratch work (builds) that needs no VBoxSVC."""
         RUNS.mkdir(parents=True, exist_ok=True)
         run = cls(build, Path(tempfile.mkdtemp(prefix="run-", dir=RUNS)))
         try:
-            run._setup()
+            run._setup(vbox)
         except BaseException:
             run.close()
             raise
         return run
 
-    def _setup(self) -> None:
+    def _setup(self, vbox: bool = True) -> None:
         upper, work = self.base / "upper", self.base / "work"
         for d in (upper, work, self.root, self.vboxmanage.parent):
             d.mkdir(parents=True)
@@ -302,7 +408,7 @@ class SandboxRun:
                 "overlay",
                 "overlay",
                 "-o",
-                f"lowerdir={self.build.root},upperdir={upper},workdir={work}",
+                f"lowerdir={self.build.lowerdir()},upperdir={upper},workdir={work}",
                 str(self.root),
             ]
         )
@@ -320,6 +426,8 @@ class SandboxRun:
             f'HOME=/root VBOX_USER_HOME={VBOX_HOME} {VBOXMANAGE} "$@"\n'
         )
         self.vboxmanage.chmod(0o755)
+        if not vbox:
+            return
         self.version = self.manage("--version").stdout.strip()
         self.manage("setproperty", "machinefolder", f"{VBOX_HOME}/machines")
 
@@ -336,15 +444,18 @@ class SandboxRun:
             "PYTHONDONTWRITEBYTECODE=1",
         ]
 
-    def argv(self, *argv: str) -> list[str]:
-        """argv to run ``argv`` inside the sandbox with the run's VirtualBox environment."""
-        return ["chroot", str(self.root), *self.env(), *argv]
+    def argv(self, *argv: str, env: dict[str, str] | None = None) -> list[str]:
+        """argv to run ``argv`` inside the sandbox with the run's VirtualBox environment
+        (plus ``env``)."""
+        extra = [f"{k}={v}" for k, v in (env or {}).items()]
+        return ["chroot", str(self.root), *self.env(), *extra, *argv]
 
     def run(
-        self, *argv: str, check: bool = True, timeout: float = 300, input: str | None = None
+        self, *argv: str, check: bool = True, timeout: float = 300, input: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            self.argv(*argv),
+            self.argv(*argv, env=env),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -362,9 +473,11 @@ class SandboxRun:
         """The real VBoxManage (not through labctl)."""
         return self.run(VBOXMANAGE, *args, check=check)
 
-    def labctl(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def labctl(
+        self, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """labctl's own CLI, run by the sandbox's Python (where vboxapi and pyvbox exist)."""
-        return self.run("python3", "-m", "labctl", *args, check=False, timeout=timeout)
+        return self.run("python3", "-m", "labctl", *args, check=False, timeout=timeout, env=env)
 
     def host_path(self, inside: str) -> Path:
         """Where a path of the sandbox is seen from the host."""

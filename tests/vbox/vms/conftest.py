@@ -1,0 +1,85 @@
+"""Fixtures of the real-VM tier: VirtualBox 7.2 VMs powered on in driverless mode (harness).
+
+``vm_host`` (session) -> :class:`VmHost`: the sandbox with its VM layer, the guest kernel (boot
+ISO) and guest disk image (all cached, built on first use, the kernel and the disk at once; a
+failed build FAILS the tier, never skips it), the run's private subnet, Xvfb, the VDE switch and
+tap, the driverless VBoxManage wrapper. At the end every VM of the run is powered off,
+unregistered and deleted and every process, mount and the tap removed.
+``guest`` (session) -> :class:`GuestArtifacts`: what was built and how long it took.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.lab.conftest import _allocate_subnet
+from tests.vbox.fixtures import registered_vms
+from tests.vbox.guest_disk import DiskImage, ensure_disk_image
+from tests.vbox.guest_kernel import Kernel, ensure_kernel
+from tests.vbox.sandbox import SandboxError, SandboxRun, ensure_sandbox, ensure_vm_layer
+from tests.vbox.vmhost import VmHost
+
+REQUIRED = ("debootstrap", "chroot", "mount", "umount", "mkfs.ext4", "debugfs", "ip",
+            "ssh-keygen")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GuestArtifacts:
+    kernel: Kernel
+    disk: DiskImage
+    layer_seconds: float
+
+
+GUEST: dict[str, GuestArtifacts] = {}
+
+
+@pytest.fixture(scope="session")
+def vm_host() -> Iterator[VmHost]:
+    problems = [] if os.geteuid() == 0 else ["the real-VM tier needs root"]
+    missing = [tool for tool in REQUIRED if shutil.which(tool) is None]
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if not os.path.exists("/dev/net/tun"):
+        problems.append("no /dev/net/tun (the VDE switch's host tap)")
+    if problems:
+        pytest.fail("real-VM prerequisites: " + "; ".join(problems), pytrace=False)
+    try:
+        started = time.monotonic()
+        build = ensure_vm_layer(ensure_sandbox())
+        layer_seconds = time.monotonic() - started
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # CPU-bound next to I/O-bound
+            kernel_job = pool.submit(ensure_kernel, build)
+            disk_job = pool.submit(ensure_disk_image)
+            kernel, disk = kernel_job.result(), disk_job.result()
+        GUEST["artifacts"] = GuestArtifacts(kernel, disk, layer_seconds)
+        run = SandboxRun.open(build)
+    except SandboxError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        with _allocate_subnet() as subnet:
+            host = VmHost.open(run, subnet)
+            try:
+                yield host
+            finally:
+                host.power_off_all()
+                for name in registered_vms(run):  # clones first: they hold the base's disk
+                    tag = run.manage("getextradata", name, "labctl/lab").stdout.strip()
+                    if tag != "No value set!":
+                        run.manage("unregistervm", name, "--delete", check=False)
+                for name in registered_vms(run):
+                    run.manage("unregistervm", name, "--delete", check=False)
+                host.close()
+    finally:
+        run.close()
+
+
+@pytest.fixture(scope="session")
+def guest(vm_host: VmHost) -> GuestArtifacts:
+    return GUEST["artifacts"]
