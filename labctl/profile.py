@@ -354,7 +354,13 @@ class Timeouts(BaseModel):
         "open; a loaded or interpreted guest needs minutes",
     )
 
-    @field_validator("connect", "boot", "command", "guest", mode="before")
+    stop: float = Field(
+        60.0,
+        description="seconds a machine labctl restarts has to shut down gracefully before it "
+        "is powered off (its disk is synced first)",
+    )
+
+    @field_validator("connect", "boot", "command", "guest", "stop", mode="before")
     @classmethod
     def _seconds(cls, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -134,11 +134,10 @@ def clone(
             hv.start(standby)
             _wait_side_channel(hv, standby, deadline=profile.timeouts.boot, sleep=sleep)
             apply_identity(hv, profile, standby, address)
-            # reboot so every service starts with the new identity, then plug the cable in
-            hv.stop(standby)
-            _wait_state(
-                hv, standby, MachineState.STOPPED, deadline=profile.timeouts.boot, sleep=sleep
-            )
+            # reboot so every service starts with the new identity, then plug the cable in;
+            # the identity is synced to disk, so a guest that ignores the power button (no
+            # acpid, or logind not watching it) is powered off after timeouts.stop
+            _restart_stop(hv, standby, deadline=profile.timeouts.stop, sleep=sleep)
             hv.set_link(standby, True)
             hv.start(standby)
         wait_for_ssh(
@@ -186,6 +185,16 @@ def _wait_side_channel(hv: Hypervisor, name: str, *, deadline: float, sleep: Sle
         raise GuestUnreachable(
             f"{name}: its side channel did not answer within {deadline:g}s"
         ) from exc
+
+
+def _restart_stop(hv: Hypervisor, name: str, *, deadline: float, sleep: Sleep) -> None:
+    hv.stop(name)
+    try:
+        _wait_state(hv, name, MachineState.STOPPED, deadline=deadline, sleep=sleep)
+    except OperationFailed:
+        log.info("%s did not shut down within %gs; powering it off", name, deadline)
+        hv.stop(name, hard=True)
+        _wait_state(hv, name, MachineState.STOPPED, deadline=deadline, sleep=sleep)
 
 
 def _wait_state(

@@ -47,7 +47,7 @@ Probe = Callable[[str, int, float], str]
 # the lab's SSH key for root and the profile's user. Prints the new public host keys.
 IDENTITY_SCRIPT = r"""
 set -eu
-name=$1 address=$2 machine_id=$3 pubkey=$4 user=$5
+name=$1 address=$2 machine_id=$3 pubkey=$4 user=$5 interface=$6
 printf '%s\n' "$name" > /etc/hostname
 [ -f /etc/hosts ] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
     > /etc/hosts
@@ -59,9 +59,11 @@ for type in rsa ecdsa ed25519; do
     ssh-keygen -q -t "$type" -N '' -C "root@$name" -f "/etc/ssh/ssh_host_${type}_key"
 done
 mkdir -p /etc/systemd/network
-cat > /etc/systemd/network/10-labctl.network <<EOF
+# networkd applies the first matching file in lexical order: 00- comes before the machine's own
+if [ -n "$interface" ]; then match="Name=$interface"; else match="Type=ether"; fi
+cat > /etc/systemd/network/00-labctl.network <<EOF
 [Match]
-Name=host0
+$match
 
 [Network]
 Address=$address
@@ -82,6 +84,7 @@ if [ "$user" != root ]; then
     chown "$user:$user" "$home/.ssh/authorized_keys"
     chmod 600 "$home/.ssh/authorized_keys"
 fi
+sync
 cat /etc/ssh/ssh_host_*_key.pub
 """
 
@@ -182,6 +185,15 @@ def forget_host_keys(lab: str, address: str) -> None:
     record_host_keys(lab, address, [])
 
 
+def lab_interface(profile: Profile, name: str) -> str:
+    """The interface that carries ``name``'s lab address: its pair's ``interface``; else the
+    nspawn lab's ``host0``; else "" (the identity then matches any Ethernet link)."""
+    for pair in profile.pairs.values():
+        if name in (pair.primary, pair.standby) and pair.interface:
+            return pair.interface
+    return "host0" if profile.lab.backend == "nspawn" else ""
+
+
 def apply_identity(hv: Hypervisor, profile: Profile, name: str, address: str) -> list[str]:
     """Give a stopped (or isolated) machine its own identity; return its public host keys."""
     pubkey = ensure_lab_key(profile.lab.name)
@@ -195,6 +207,7 @@ def apply_identity(hv: Hypervisor, profile: Profile, name: str, address: str) ->
         uuid.uuid4().hex,
         pubkey,
         profile.ssh.user,
+        lab_interface(profile, name),
     ]
     result = hv.exec_in_guest(name, argv, timeout=profile.timeouts.command)
     if result.exit_code != 0:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 
 from labctl import paths
 from labctl.errors import OperationFailed, UnknownName
-from labctl.hypervisor import MachineState
+from labctl.hypervisor import ExecResult, MachineState
 from labctl.ops import clone as clone_ops
 from labctl.ops import lab as lab_ops
 from labctl.profile import Profile
@@ -159,3 +159,52 @@ def test_clone_cli_json(
     assert code == 0, _err
     doc = json.loads(out)
     assert doc["standby"] == STANDBY and doc["linked"] is True and doc["created"] is True
+
+
+def test_a_standby_that_ignores_the_power_button_is_powered_off_after_timeouts_stop(
+    prof: Profile,
+    running_prod: FakeHypervisor,
+    clock: FakeClock,
+) -> None:
+    """Real VirtualBox guests may ignore acpipowerbutton (no acpid; logind not watching the
+    button): the restart after the identity must not wait timeouts.boot and fail."""
+    hv = running_prod
+    hv.edits_stopped_disks = False
+    hv.ignores_graceful_stop.add(STANDBY)
+    started = clock.now
+    result = _clone(prof, hv, clock)
+    assert result.created
+    stops = [c for c in hv.calls if c[0] == "stop" and c[1] == STANDBY]
+    assert stops == [("stop", STANDBY, "graceful"), ("stop", STANDBY, "hard")]
+    # the fake clock: the graceful stop was given timeouts.stop, not timeouts.boot
+    assert prof.timeouts.stop - 1 < clock.now - started <= prof.timeouts.stop
+
+
+def test_identity_configures_the_lab_interface(
+    prof: Profile, running_prod: FakeHypervisor, clock: FakeClock
+) -> None:
+    """The pair's interface (VirtualBox guests: eth0, enp0s3...); an nspawn pair without one:
+    host0."""
+    seen: list[list[str]] = []
+    real = running_prod.exec_in_guest
+
+    def spy(name: str, argv: Sequence[str], *, timeout: float = 60.0) -> ExecResult:
+        seen.append(list(argv))
+        return real(name, argv, timeout=timeout)
+
+    running_prod.exec_in_guest = spy  # type: ignore[method-assign]
+    _clone(prof, running_prod, clock)
+    identity = next(argv for argv in seen if len(argv) > 3 and argv[3] == "identity")
+    assert identity[-1] == "host0"
+    pair = next(iter(prof.pairs.values()))
+    named = prof.model_copy(
+        update={"pairs": {"a": pair.model_copy(update={"interface": "enp0s3"})}}
+    )
+    assert lab_ops.lab_interface(named, pair.standby) == "enp0s3"
+    vbox = named.model_copy(
+        update={
+            "lab": prof.lab.model_copy(update={"backend": "virtualbox"}),
+            "pairs": {"a": pair},
+        }
+    )
+    assert lab_ops.lab_interface(vbox, pair.standby) == ""
