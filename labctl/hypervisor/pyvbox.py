@@ -438,6 +438,10 @@ class PyVBoxHypervisor:
         assert self._profile is not None
         deadline = self._profile.timeouts.guest
         lib = self._lib()
+        # before VBoxService reports in (run level System) a session could only time out, and
+        # a session given up on still starts later: fail at once, open nothing
+        if int(guest.additions_run_level) < 1:
+            raise OperationFailed(f"{name}: its Guest Additions service is not running (yet)")
         # IGuest.createSession itself (library.IGuest is pyvbox's extension class)
         session = lib.IGuestSession(
             guest._call("createSession", in_p=[user, password, "", "labctl"])

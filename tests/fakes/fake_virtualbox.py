@@ -546,6 +546,12 @@ class FakeGuest:
     def additions_version(self) -> str:
         return self._api.world.find(self._name).guest_additions or ""
 
+    @property
+    def additions_run_level(self) -> int:
+        """AdditionsRunLevelType: 0 none, 1 system (VBoxService runs)."""
+        vm = self._api.world.find(self._name)
+        return 1 if vm.guest_additions and vm.guest_service_up else 0
+
     def create_session(
         self, user: str, password: str, domain: str = "", session_name: str = "pyvbox",
         timeout_ms: int = 0,

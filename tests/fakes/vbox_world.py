@@ -89,6 +89,7 @@ class Vm:
         guest_additions: str | None = "6.1.50 r161033",
         guest_accounts: dict[str, str] | None = None,
         guest_session_starts: bool = True,
+        guest_service_up: bool = True,
         acpi_pending: int = -1,  # reads left until an ACPI shutdown completes; -1 = none
         description: str = "",
     ) -> None:
@@ -102,6 +103,8 @@ class Vm:
         self.guest_accounts = guest_accounts if guest_accounts is not None else {}
         # False: a guest-control session never starts within the caller's deadline
         self.guest_session_starts = guest_session_starts
+        # False: the guest is still booting, VBoxService has not reported in
+        self.guest_service_up = guest_service_up
         self.acpi_pending = acpi_pending
         self.description = description
 

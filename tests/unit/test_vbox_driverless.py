@@ -120,3 +120,12 @@ def test_timeouts_guest_must_be_seconds(bad: object) -> None:
     data = vbox_profile("pyvbox").model_dump()
     with pytest.raises(ValidationError, match="guest"):
         Profile.model_validate({**data, "timeouts": {"guest": bad}})
+
+
+def test_no_guest_session_is_opened_before_the_guest_service_runs(world: World) -> None:
+    hv = pyvbox()
+    hv.start("prod")
+    world.find("prod").guest_service_up = False
+    with pytest.raises(LabctlError) as failure:
+        hv.exec_in_guest("prod", ["/bin/true"])
+    assert "Guest Additions service is not running" in failure.value.message
