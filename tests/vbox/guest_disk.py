@@ -35,8 +35,8 @@ DISK_VERSION = 1
 SUITE = "sid"
 SIZE_MB = 1536
 INCLUDE = (
-    "systemd", "systemd-sysv", "dbus", "openssh-server", "iproute2", "sudo", "procps",
-    "virtualbox-guest-utils",
+    "systemd", "systemd-sysv", "udev", "dbus", "openssh-server", "iproute2",
+    "sudo", "procps", "virtualbox-guest-utils",
 )  # fmt: skip
 CACHED = ("keepalived",)
 GUEST_USER = "root"
@@ -56,7 +56,7 @@ apt-get -q -y --download-only install $CACHED >/dev/null
 ls /var/cache/apt/archives/keepalived_*.deb >/dev/null
 rm -f /usr/sbin/policy-rc.d
 printf 'root:%s\n' "$PASSWORD" | chpasswd -c SHA512 -s 1000
-systemctl enable systemd-networkd ssh >/dev/null 2>&1
+systemctl enable systemd-networkd ssh
 systemctl set-default multi-user.target >/dev/null 2>&1
 mkdir -p /etc/systemd/system.conf.d /etc/systemd/journald.conf.d /etc/ssh/sshd_config.d \
     /etc/systemd/system/systemd-udev-trigger.service.d /etc/systemd/system-generators \
@@ -95,7 +95,8 @@ for unit in getty@tty1.service serial-getty@ttyS0.service getty.target \
         systemd-boot-random-seed.service systemd-hostnamed.socket ssh.socket \
         systemd-networkd-persistent-storage.service systemd-battery-check.service \
         systemd-bsod.service systemd-soft-reboot.service systemd-ask-password-console.path \
-        systemd-ask-password-wall.path remote-fs.target cryptsetup.target; do
+        systemd-ask-password-wall.path remote-fs.target cryptsetup.target \
+        sshd-keygen.service; do
     ln -sf /dev/null "/etc/systemd/system/$unit"
 done
 for gen in /usr/lib/systemd/system-generators/*; do
@@ -104,7 +105,9 @@ for gen in /usr/lib/systemd/system-generators/*; do
 done
 # debootstrap leaves these out: without them hwdb/ldconfig/catalog updates run every boot
 touch /etc/.updated /var/.updated
-printf '/dev/sda / ext4 rw,noatime 0 1\n' > /etc/fstab
+# the kernel mounts the root read-write (root=/dev/sda rw): an fstab entry would make systemd
+# wait for dev-sda.device, which udev (coldplugging network devices only) never announces
+printf '# root: mounted by the kernel (root=/dev/sda rw)\n' > /etc/fstab
 rm -f /etc/ssh/ssh_host_*
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id

@@ -19,7 +19,7 @@ from tests.vbox.vmhost import SWITCH, VmHost
 
 PASSWORD_ENV = "LABCTL_TEST_GUEST_PASSWORD"
 # deadlines of an interpreted host (~8 M guest instructions/s): systemd guests take ~10 min
-TIMEOUTS = {"connect": 120.0, "boot": 1800.0, "command": 1200.0}
+TIMEOUTS = {"connect": 120.0, "boot": 1800.0, "command": 1200.0, "guest": 600.0, "stop": 30.0}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,13 @@ VirtualBox's own log and state, and the guest read directly over SSH.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import paramiko
 import pytest
@@ -26,8 +32,9 @@ from tests.vbox.vms.machines import (
     write_profile,
 )
 
-FIGURES: dict[str, float] = {}
+FIGURES: dict[str, float] = {}  # bench/vbox_real_vms.py prints them (LABCTL_VM_FIGURES)
 PROD = "prod-back"
+STANDBY = "prod-back-standby"
 
 
 def ssh(lab: Lab, address: str) -> tuple[paramiko.SSHClient, float]:
@@ -47,6 +54,14 @@ def sh(client: paramiko.SSHClient, command: str) -> str:
     out = stdout.read().decode()
     assert stdout.channel.recv_exit_status() == 0, stderr.read().decode()
     return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def figures() -> Iterator[dict[str, float]]:
+    yield FIGURES
+    target = os.environ.get("LABCTL_VM_FIGURES")
+    if target:
+        Path(target).write_text(json.dumps(FIGURES, indent=2) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +86,36 @@ def test_guest_artifacts_are_cached_by_recipe(vm_host: VmHost, guest: GuestArtif
         assert option in config
 
 
-def test_virtualbox_real_vms_up_boots_production_to_ssh(vm_host: VmHost, lab: Lab) -> None:
+@dataclass
+class CloneJob:
+    proc: subprocess.Popen[str]
+    started: float
+
+
+@pytest.fixture(scope="module")
+def clone_job(vm_host: VmHost, lab: Lab) -> Iterator[CloneJob]:
+    """``labctl clone prod-back --linked`` started while production is still powered off (the
+    clone's first boot is a cold boot from the powered-off base snapshot); production is
+    started next to it once the standby runs, so both slow boots overlap."""
+    proc = subprocess.Popen(
+        vm_host.run.argv("python3", "-m", "labctl", "-p", lab.profile_inside, "clone", PROD,
+                         "--linked", "--json", env=labctl_env()),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    job = CloneJob(proc, time.monotonic())
+    try:
+        while proc.poll() is None and STANDBY not in vm_host.running_vms():
+            time.sleep(1)
+        yield job
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_virtualbox_real_vms_up_boots_production_to_ssh(
+    vm_host: VmHost, lab: Lab, clone_job: CloneJob
+) -> None:
     """``labctl up`` (pyvbox, driverless host) powers the user's VM on and waits for SSH; the
     machine that answers is the configured one."""
     started = time.monotonic()
@@ -90,6 +134,35 @@ def test_virtualbox_real_vms_up_boots_production_to_ssh(vm_host: VmHost, lab: La
         host_key = client.get_transport().get_remote_server_key()  # type: ignore[union-attr]
         assert f"{host_key.get_name()} {host_key.get_base64()}" == lab.prod.host_key_pub
         FIGURES["ssh_command_s"] = _timed(lambda: sh(client, "true"))
+    finally:
+        client.close()
+
+
+def test_virtualbox_real_vms_clone_has_its_own_identity(
+    vm_host: VmHost, lab: Lab, clone_job: CloneJob
+) -> None:
+    """The standby: a linked clone with its own MAC (showvminfo), hostname, machine-id and host
+    key (read from the guest directly), answering SSH at its own address."""
+    out, err = clone_job.proc.communicate(timeout=3600)
+    FIGURES["clone_s"] = time.monotonic() - clone_job.started
+    assert clone_job.proc.returncode == 0, out + err
+    info = {
+        n: dict(line.split("=", 1) for line in vm_host.run.manage(
+            "showvminfo", n, "--machinereadable").stdout.splitlines() if "=" in line)
+        for n in (PROD, STANDBY)
+    }  # fmt: skip
+    assert info[STANDBY]["macaddress1"] != info[PROD]["macaddress1"]
+    assert info[STANDBY]["cableconnected1"] == '"on"'
+    client, login = ssh(lab, lab.standby_address)
+    FIGURES["ssh_login_standby_s"] = login
+    try:
+        assert sh(client, "hostname").strip() == STANDBY
+        machine_id = sh(client, "cat /etc/machine-id").strip()
+        assert machine_id and machine_id != lab.prod.machine_id
+        key = client.get_transport().get_remote_server_key()  # type: ignore[union-attr]
+        assert f"{key.get_name()} {key.get_base64()}" != lab.prod.host_key_pub
+        addrs = sh(client, "ip -o -4 addr show dev eth0")
+        assert lab.standby_address in addrs and lab.prod.address not in addrs
     finally:
         client.close()
 
