@@ -153,7 +153,7 @@ def ensure_vm_layer(base: Build, log: Path | None = None) -> Build:
             if not (final / "recipe.json").is_file():
                 staging = cache / f".build-vm-{vm_layer_hash()}-{uuid.uuid4().hex[:6]}"
                 try:
-                    _build_vm_layer(base, staging, log or staging.with_suffix(".log"))
+                    _build_vm_layer(base, staging, log or staging / "build.log")
                     staging.rename(final)
                     built = True
                 except BaseException:
@@ -171,7 +171,7 @@ def ensure_vm_layer(base: Build, log: Path | None = None) -> Build:
 def _build_vm_layer(base: Build, staging: Path, log: Path) -> None:
     upper, work, merged = staging / "upper", staging / "work", staging / "merged"
     for d in (upper, work, merged):
-        d.mkdir(parents=True)
+        d.mkdir(parents=True)  # the staging directory itself first: it holds the log
     _mount(
         ["-t", "overlay", "overlay", "-o",
          f"lowerdir={base.lowerdir()},upperdir={upper},workdir={work}", str(merged)]
