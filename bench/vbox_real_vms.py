@@ -27,6 +27,7 @@ LABELS = {
     "kernel_build_s": "guest kernel build (tinyconfig + fragments, make -j2; 0 = cached)",
     "disk_build_s": "guest disk build (debootstrap sid + configure + mkfs; 0 = cached)",
     "prod_boot_to_ssh_s": "production: labctl up -> SSH answers (systemd guest, cold)",
+    "prod_boot_to_ssh_beside_clone_s": "production: labctl up while the clone boots (2 VMs)",
     "clone_s": "labctl clone --linked (cold boot, identity, restart, SSH at new address)",
     "ssh_login_s": "SSH login to production (paramiko, interpreted key exchange)",
     "ssh_login_standby_s": "SSH login to the standby",
@@ -39,7 +40,8 @@ def main() -> int:
         out = Path(tmp) / "figures.json"
         started = time.monotonic()
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/vbox/vms"],
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/vbox/vms",
+             "tests/vbox/vms/e2e_real_vms.py"],
             env={**__import__("os").environ, "LABCTL_VM_FIGURES": str(out)},
         )
         wall = time.monotonic() - started

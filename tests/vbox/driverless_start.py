@@ -51,10 +51,18 @@ def main(argv: list[str]) -> int:
             if sep:
                 env[key] = value
     state = machine_state(name)
-    if state is None:
+    settle = time.monotonic() + 30
+    # showvminfo also fails for a moment while another client holds the machine's session
+    # ("The object is not ready"): only a VM that stays unreadable is an error
+    while state is None and time.monotonic() < settle:
         done = subprocess.run([VBOXMANAGE, "showvminfo", name], capture_output=True, text=True)
-        sys.stderr.write(done.stderr)
-        return done.returncode or 1
+        if "VBOX_E_OBJECT_NOT_FOUND" in done.stderr or "Could not find a registered" in done.stderr:
+            sys.stderr.write(done.stderr)
+            return done.returncode or 1
+        time.sleep(0.5)
+        state = machine_state(name)
+    if state is None:
+        return fail(f"showvminfo {name} kept failing for 30 s")
     if state in ("running", "paused"):
         return fail(f'The machine \'{name}\' is already locked by a session (or being locked or '
                     "unlocked)")  # fmt: skip

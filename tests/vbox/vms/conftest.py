@@ -6,16 +6,21 @@ failed build FAILS the tier, never skips it), the run's private subnet, Xvfb, th
 tap, the driverless VBoxManage wrapper. At the end every VM of the run is powered off,
 unregistered and deleted and every process, mount and the tap removed.
 ``guest`` (session) -> :class:`GuestArtifacts`: what was built and how long it took.
+``lab`` (session) -> :class:`Lab`: the production VM ``prod-back`` (the user's configured
+machine, powered off) and the labctl profile for it and its pair.
+Figures measured by the tests (``FIGURES``) are written to ``$LABCTL_VM_FIGURES`` at the end.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +30,7 @@ from tests.vbox.guest_disk import DiskImage, ensure_disk_image
 from tests.vbox.guest_kernel import Kernel, ensure_kernel
 from tests.vbox.sandbox import SandboxError, SandboxRun, ensure_sandbox, ensure_vm_layer
 from tests.vbox.vmhost import VmHost
+from tests.vbox.vms.machines import FIGURES, PROD, Lab, create_production_vm, write_profile
 
 REQUIRED = ("debootstrap", "chroot", "mount", "umount", "mkfs.ext4", "debugfs", "ip",
             "ssh-keygen")  # fmt: skip
@@ -83,3 +89,19 @@ def vm_host() -> Iterator[VmHost]:
 @pytest.fixture(scope="session")
 def guest(vm_host: VmHost) -> GuestArtifacts:
     return GUEST["artifacts"]
+
+
+@pytest.fixture(scope="session")
+def lab(vm_host: VmHost, guest: GuestArtifacts) -> Lab:
+    prod = create_production_vm(vm_host, PROD, guest.kernel.iso, guest.disk.path,
+                                vm_host.address(10))  # fmt: skip
+    return write_profile(vm_host, prod, standby_address=vm_host.address(20),
+                         vip=vm_host.address(30))  # fmt: skip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def figures() -> Iterator[dict[str, float]]:
+    yield FIGURES
+    target = os.environ.get("LABCTL_VM_FIGURES")
+    if target:
+        Path(target).write_text(json.dumps(FIGURES, indent=2) + "\n")

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import paramiko
 
 from tests.vbox.guest_disk import GUEST_PASSWORD, INTERFACE, Identity, make_production_vdi
 from tests.vbox.sandbox import VBOX_HOME
 from tests.vbox.vmhost import SWITCH, VmHost
 
 PASSWORD_ENV = "LABCTL_TEST_GUEST_PASSWORD"
+PROD = "prod-back"
+STANDBY = "prod-back-standby"
+FIGURES: dict[str, float] = {}  # bench/vbox_real_vms.py prints them (LABCTL_VM_FIGURES)
 # deadlines of an interpreted host (~8 M guest instructions/s): systemd guests take ~10 min
 TIMEOUTS = {"connect": 120.0, "boot": 1800.0, "command": 1200.0, "guest": 600.0, "stop": 30.0}
 
@@ -109,3 +115,29 @@ auth_pass = "vmtier"
 
 def labctl_env() -> dict[str, str]:
     return {PASSWORD_ENV: GUEST_PASSWORD, "LABCTL_HOME": f"{VBOX_HOME}/labctl-home"}
+
+
+def ssh(lab: Lab, address: str) -> tuple[paramiko.SSHClient, float]:
+    """A root SSH session to ``address`` with the lab key (host side, not labctl's), and how
+    long connecting and logging in took."""
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    started = time.monotonic()
+    client.connect(address.split("/")[0], username="root", key_filename=str(lab.key),
+                   timeout=120, banner_timeout=300, auth_timeout=300,
+                   look_for_keys=False, allow_agent=False)  # fmt: skip
+    return client, time.monotonic() - started
+
+
+def sh(client: paramiko.SSHClient, command: str) -> str:
+    _stdin, stdout, stderr = client.exec_command(command, timeout=600)
+    out = stdout.read().decode()
+    assert stdout.channel.recv_exit_status() == 0, stderr.read().decode()
+    return out
+
+
+def host_key(client: paramiko.SSHClient) -> str:
+    transport = client.get_transport()
+    assert transport is not None
+    key = transport.get_remote_server_key()
+    return f"{key.get_name()} {key.get_base64()}"
