@@ -17,6 +17,7 @@ native-speed figure where one exists in the run (the open-connection command on 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,7 @@ def main() -> int:
         done = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/vbox/vms",
              "tests/vbox/vms/e2e_real_vms.py"],
-            env={**__import__("os").environ, "LABCTL_VM_FIGURES": str(out)},
+            env={**os.environ, "LABCTL_VM_FIGURES": str(out)},
         )
         wall = time.monotonic() - started
         figures = json.loads(out.read_text()) if out.exists() else {}
