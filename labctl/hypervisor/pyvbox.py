@@ -40,6 +40,11 @@ from labctl.hypervisor.vbox_versions import ApiDialect, dialect_for
 from labctl.profile import Profile
 
 INSTALL_HINT = "pip install 'labctl[virtualbox]' (pyvbox) and VirtualBox with its SDK (vboxapi)"
+# AdditionsFacilityType.VBoxService, AdditionsFacilityStatus.Active (same in 6.1 and 7.x)
+_FACILITY_VBOXSERVICE = 100
+_FACILITY_ACTIVE = 50
+# ProcessStatus Starting, Started, Paused, Terminating (same in 6.1 and 7.x)
+_PROCESS_RUNNING = {10, 100, 110, 480}
 USE_VBOXMANAGE = 'set driver = "vboxmanage" under [lab.virtualbox]'
 
 
@@ -416,9 +421,12 @@ class PyVBoxHypervisor:
         with self._wrap(f"running {argv[0]} in {name}"), self._session(machine) as session:
             guest_session = self._open_guest_session(name, session.console.guest, user, password)
             try:
-                process, out, err = guest_session.execute(
-                    argv[0], list(argv[1:]), timeout_ms=int(timeout * 1000)
-                )
+                if self.dialect().native:
+                    process, out, err = guest_session.execute(
+                        argv[0], list(argv[1:]), timeout_ms=int(timeout * 1000)
+                    )
+                else:
+                    process, out, err = self._execute_7(guest_session, argv, timeout)
             finally:
                 guest_session.close()
             return ExecResult(
@@ -427,6 +435,29 @@ class PyVBoxHypervisor:
                 bytes(out).decode(errors="replace"),
                 bytes(err).decode(errors="replace"),
             )
+
+    def _execute_7(
+        self, guest_session: Any, argv: Sequence[str], timeout: float
+    ) -> tuple[Any, bytes, bytes]:
+        """IGuestSession.processCreateEx with 7.x's parameters (pyvbox passes 6.1's: 7.0
+        added the working directory), then read stdout/stderr until the process ends."""
+        lib = self._lib()
+        args = self.dialect().process_create_args(list(argv), int(timeout * 1000))
+        process = lib.IGuestProcess(guest_session._i.processCreateEx(*args))
+        process.wait_for(int(lib.ProcessWaitResult.start), int(timeout * 1000))
+        out: list[bytes] = []
+        err: list[bytes] = []
+
+        def drain() -> None:
+            for handle, into in ((1, out), (2, err)):
+                data = process.read(handle, 65536, 0)
+                into.append(data.encode() if isinstance(data, str) else bytes(data))
+
+        while int(process.status) in _PROCESS_RUNNING:
+            process.wait_for(int(lib.ProcessWaitResult.terminate), 500)
+            drain()
+        drain()
+        return process, b"".join(out), b"".join(err)
 
     def _open_guest_session(self, name: str, guest: Any, user: str, password: str) -> Any:
         """IGuest.createSession, then wait for it to start up to ``timeouts.guest``.
@@ -438,9 +469,14 @@ class PyVBoxHypervisor:
         assert self._profile is not None
         deadline = self._profile.timeouts.guest
         lib = self._lib()
-        # before VBoxService reports in (run level System) a session could only time out, and
-        # a session given up on still starts later: fail at once, open nothing
-        if int(guest.additions_run_level) < 1:
+        # Until VBoxService runs, a new session fails at once ("The guest execution service is
+        # not ready (yet)") and still counts against the guest's 32 sessions, close() or not:
+        # retrying opens no session before the service is active. The run level cannot tell:
+        # a guest kernel's built-in vboxguest driver reports "System" a minute into the boot.
+        status, _when = guest.get_facility_status(
+            lib.AdditionsFacilityType(_FACILITY_VBOXSERVICE)
+        )
+        if int(status) != _FACILITY_ACTIVE:
             raise OperationFailed(f"{name}: its Guest Additions service is not running (yet)")
         # IGuest.createSession itself (library.IGuest is pyvbox's extension class)
         session = lib.IGuestSession(

@@ -82,6 +82,19 @@ class ApiDialect:
             head += (platform if platform is not None else 1,)  # PlatformArchitecture_x86
         return (*head, [], os_type_id, "", "", "", "")
 
+    def process_create_args(self, argv: list[str], timeout_ms: int) -> tuple[object, ...]:
+        """The positional arguments of IGuestSession.processCreateEx for this version: run
+        ``argv`` (argv[0] included, as the API wants), wait for stdout and stderr.
+
+        6.1: (executable, arguments, environmentChanges, flags, timeoutMS, priority, affinity);
+        7.0 adds the working directory after the arguments ("" = the user's home).
+        """
+        flags = [16, 32]  # ProcessCreateFlag WaitForStdOut, WaitForStdErr
+        priority = 1  # ProcessPriority Default
+        if self.major < 7:
+            return (argv[0], argv, [], flags, timeout_ms, priority, [])
+        return (argv[0], argv, "", [], flags, timeout_ms, priority, [])
+
     @property
     def native(self) -> bool:
         """True when pyvbox's own wrappers match this API (6.1)."""

@@ -165,6 +165,16 @@ def _library() -> types.ModuleType:
         [("None", "none", 0), ("Start", "start", 1), ("Terminate", "terminate", 2)],
     )
     lib.IGuestSession = lambda raw: raw  # type: ignore[attr-defined]
+    lib.IGuestProcess = lambda raw: raw  # type: ignore[attr-defined]
+    lib.ProcessWaitResult = _enum(  # type: ignore[attr-defined]
+        "ProcessWaitResult", [("Start", "start", 1), ("Terminate", "terminate", 2)]
+    )
+    lib.AdditionsFacilityType = _enum(  # type: ignore[attr-defined]
+        "AdditionsFacilityType", [("VBoxService", "v_box_service", 100)]
+    )
+    lib.AdditionsFacilityStatus = _enum(  # type: ignore[attr-defined]
+        "AdditionsFacilityStatus", [("Inactive", "inactive", 0), ("Active", "active", 50)]
+    )
     lib.VBoxErrorObjectNotFound = VBoxErrorObjectNotFound  # type: ignore[attr-defined]
     lib.VBoxErrorInvalidVmState = VBoxErrorInvalidVmState  # type: ignore[attr-defined]
     lib.VBoxErrorInvalidObjectState = VBoxErrorInvalidObjectState  # type: ignore[attr-defined]
@@ -548,9 +558,15 @@ class FakeGuest:
 
     @property
     def additions_run_level(self) -> int:
-        """AdditionsRunLevelType: 0 none, 1 system (VBoxService runs)."""
+        """AdditionsRunLevelType 1 (system) once the guest kernel's driver is up: like the
+        real one, it says nothing about VBoxService."""
+        return 1 if self._api.world.find(self._name).guest_additions else 0
+
+    def get_facility_status(self, facility: Any) -> tuple[Any, int]:
+        """(AdditionsFacilityStatus, timestamp): VBoxService (100) active (50) or inactive."""
         vm = self._api.world.find(self._name)
-        return 1 if vm.guest_additions and vm.guest_service_up else 0
+        up = int(facility) == 100 and vm.guest_additions and vm.guest_service_up
+        return self._api.lib.AdditionsFacilityStatus(50 if up else 0), 0
 
     def create_session(
         self, user: str, password: str, domain: str = "", session_name: str = "pyvbox",
@@ -571,8 +587,32 @@ class FakeGuest:
 
 
 class FakeProcess:
-    def __init__(self, exit_code: int) -> None:
+    def __init__(self, exit_code: int, out: bytes = b"", err: bytes = b"") -> None:
         self.exit_code = exit_code
+        self.status = 500  # ProcessStatus TerminatedNormally: the fake runs it at once
+        self._streams = {1: out, 2: err}
+
+    def wait_for(self, what: int, timeout_ms: int) -> int:
+        return 2  # ProcessWaitResult Terminate
+
+    def read(self, handle: int, size: int, timeout_ms: int) -> bytes:
+        data, self._streams[handle] = self._streams[handle][:size], self._streams[handle][size:]
+        return data
+
+
+class _RawGuestSession:
+    """The raw 7.x interface (``_i``): processCreateEx with the working directory."""
+
+    def __init__(self, session: FakeGuestSession) -> None:
+        self._session = session
+
+    def processCreateEx(  # the API's own name
+        self, executable: str, arguments: list[str], cwd: str, environment: list[str],
+        flags: list[int], timeout_ms: int, priority: int, affinity: list[int],
+    ) -> FakeProcess:  # fmt: skip
+        assert arguments[0] == executable and sorted(flags) == [16, 32]
+        proc, out, err = self._session.execute(executable, arguments[1:], timeout_ms=timeout_ms)
+        return FakeProcess(proc.exit_code, out, err)
 
 
 class FakeGuestSession:
@@ -580,6 +620,7 @@ class FakeGuestSession:
         self._api, self._name, self._user, self._password = api, name, user, password
         self.closed = False
         self.status: Any = api.lib.GuestSessionStatus.starting
+        self._i = _RawGuestSession(self)
 
     def wait_for(self, flag: int, timeout_ms: int) -> int:
         """Like IGuestSession.waitFor(start): started, error (bad login) or still starting

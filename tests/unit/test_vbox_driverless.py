@@ -109,10 +109,13 @@ def test_guest_session_that_does_not_start_names_timeouts_guest(world: World) ->
     assert GUEST_PASSWORD not in failure.value.message
 
 
-def test_guest_session_waits_for_start_then_runs(world: World) -> None:
+def test_guest_command_on_7x_uses_7x_process_create_and_reads_its_output(world: World) -> None:
+    """pyvbox's execute() passes 6.1's processCreateEx parameters, which 7.x rejects
+    ("missing 1 required positional argument"): labctl calls it with the working directory."""
     hv = pyvbox()
     hv.start("prod")
-    assert hv.exec_in_guest("prod", ["/bin/true"]).exit_code == 0
+    result = hv.exec_in_guest("prod", ["echo", "hello"])
+    assert (result.exit_code, result.stdout) == (0, "hello\n")
 
 
 @pytest.mark.parametrize("bad", [0, -1, "soon"])
