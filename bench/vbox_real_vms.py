@@ -41,8 +41,8 @@ def main() -> int:
         out = Path(tmp) / "figures.json"
         started = time.monotonic()
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/vbox/vms",
-             "tests/vbox/vms/e2e_real_vms.py"],
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             "tests/vbox/vms/boot_real_vms.py", "tests/vbox/vms/e2e_real_vms.py"],
             env={**os.environ, "LABCTL_VM_FIGURES": str(out)},
         )
         wall = time.monotonic() - started
