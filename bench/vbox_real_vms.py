@@ -42,7 +42,7 @@ def main() -> int:
         started = time.monotonic()
         done = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-             "tests/vbox/vms/boot_real_vms.py", "tests/vbox/vms/e2e_real_vms.py"],
+             "tests/vbox/vms/test_boot_real.py", "tests/vbox/vms/e2e_real_vms.py"],
             env={**os.environ, "LABCTL_VM_FIGURES": str(out)},
         )
         wall = time.monotonic() - started

@@ -6,12 +6,9 @@ with ``driver = "pyvbox"`` and ``driverless = true``; the VM starts through the 
 VBoxManage wrapper (tests/vbox/vmhost.py). Everything is checked from outside labctl too:
 VirtualBox's own log and state, and the guest read directly over SSH.
 
-Not collected by the test command (the name does not match test_*.py): ``labctl up`` has not
-yet passed here end to end (see the module's report in the issue), so it is run explicitly:
-
-    sudo .venv/bin/pytest tests/vbox/vms/boot_real_vms.py     (or: python -m bench.vbox_real_vms)
-
-The rest of the flow (clone with its own identity) is in e2e_real_vms.py, run the same way.
+Part of the test command (about 10 min warm here: one interpreted systemd boot). The rest of
+the flow (clone with its own identity) is in e2e_real_vms.py, run explicitly: it does not fit
+the test command's budget on an interpreting host.
 """
 
 from __future__ import annotations
