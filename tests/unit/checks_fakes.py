@@ -8,11 +8,11 @@ import json
 import shlex
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ParamSpec, TypeVar
 
 from labctl.errors import GuestUnreachable
-from labctl.hypervisor import ExecResult, Machine, MachineState, VirtualBoxHost
+from labctl.hypervisor import ExecResult, Machine, MachineState, Nic, VirtualBoxHost
 from labctl.remote import CommandFailed, Result
 
 P = ParamSpec("P")
@@ -314,12 +314,17 @@ class FakeVirtualBox(FakeHypervisor):
     attachments: dict[str, str] = field(default_factory=dict)
     additions: dict[str, str | None] = field(default_factory=dict)
     start_blocker: str | None = None
+    nics: dict[str, tuple[Nic, ...]] = field(default_factory=dict)
 
     def nic_attachment(self, name: str) -> str:
         return self.attachments.get(name, "intnet")
 
     def guest_additions(self, name: str) -> str | None:
         return self.additions.get(name, "7.0.14")
+
+    def inspect(self, name: str) -> Machine:
+        found = super().inspect(name)
+        return replace(found, nics=self.nics.get(name, ()))
 
     def host_report(self) -> VirtualBoxHost:
         return VirtualBoxHost("7.2.22_Debian", "fake", "a unit-test fake", self.start_blocker)

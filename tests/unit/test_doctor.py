@@ -9,7 +9,7 @@ import pytest
 
 from labctl import keepalived as ka
 from labctl.errors import GuestUnreachable
-from labctl.hypervisor import Hypervisor, MachineState
+from labctl.hypervisor import Hypervisor, MachineState, Nic
 from labctl.ops import doctor as doctor_op
 from labctl.ops.doctor import DoctorReport, Status
 from labctl.profile import Node, Profile
@@ -306,6 +306,17 @@ def test_virtualbox_nat_attachment_fails_and_missing_additions_warn(
     assert ga.status is Status.WARN
 
 
+def test_virtualbox_generic_attachment_is_ok_and_names_its_driver(
+    profile: Profile, lab: Lab
+) -> None:
+    lab.hypervisor = FakeVirtualBox(
+        attachments={"prod-back": "generic"},
+        nics={"prod-back": (Nic(1, "generic", "080027000001", True, driver="VDE"),)},
+    )
+    (check,) = find(lab.doctor(profile), "prod-back", "nic attachment")
+    assert (check.status, check.detail) == (Status.OK, "generic (VDE)")
+
+
 def test_not_provisioned_yet_warns(profile: Profile, lab: Lab) -> None:
     for m in (lab.primary, lab.standby):
         m.files.clear()
@@ -374,12 +385,20 @@ def test_the_password_is_not_kept_in_what_doctor_reads(profile: Profile, lab: La
 @pytest.mark.parametrize(
     ("state", "link", "detail", "fix"),
     [
-        (MachineState.ABSENT, True, "not created: run `labctl clone prod-back`",
-         "labctl clone prod-back"),
+        (
+            MachineState.ABSENT,
+            True,
+            "not created: run `labctl clone prod-back`",
+            "labctl clone prod-back",
+        ),
         (MachineState.STOPPED, True, "stopped: run `labctl up`", "labctl up"),
         (MachineState.PAUSED, True, "paused: run `labctl up` (resumes it)", "labctl up"),
-        (MachineState.RUNNING, False, "link down (cable out): run `labctl up` (reconnects it)",
-         "labctl up"),
+        (
+            MachineState.RUNNING,
+            False,
+            "link down (cable out): run `labctl up` (reconnects it)",
+            "labctl up",
+        ),
     ],
 )
 def test_the_hypervisor_is_asked_before_ssh(

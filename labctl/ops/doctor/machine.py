@@ -79,7 +79,6 @@ def parse_facts(name: str, stdout: str, conf: str | None) -> MachineFacts:
     )
 
 
-
 # ---------------------------------------------------------------------------
 # The checks
 
@@ -121,7 +120,6 @@ class MachineChecks:
             return None, None, describe_error(exc)
         conf = raw.decode("utf-8", "replace") if raw is not None else None
         return remote, parse_facts(node.name, result.stdout, conf), None
-
 
     def machine_checks(self, node: Node, f: MachineFacts, hv: Hypervisor | None) -> None:
         name = node.name
@@ -199,10 +197,19 @@ class MachineChecks:
         else:
             self.add(subject, "interface", Status.OK, f"{actual} carries {node.ip}")
 
+    def _lab_nic(self, name: str, hv: VirtualBoxDetails) -> str | None:
+        """The lab NIC as users name it (``generic (VDE)``), where the backend lists NICs."""
+        if not isinstance(hv, Hypervisor):
+            return None
+        slot = self.profile.lab.virtualbox.nic
+        nic = next((n for n in hv.inspect(name).nics if n.slot == slot), None)
+        return nic.describe() if nic is not None else None
+
     def _virtualbox_checks(self, name: str, hv: VirtualBoxDetails) -> None:
         try:
             attachment = hv.nic_attachment(name)
             additions = hv.guest_additions(name)
+            described = self._lab_nic(name, hv) or attachment
         except LabctlError as exc:
             self.add(name, "virtualbox", Status.WARN, f"cannot read VM settings: {exc.message}")
             return
@@ -212,10 +219,11 @@ class MachineChecks:
                 "nic attachment",
                 Status.FAIL,
                 "lab NIC is attached to NAT: VRRP (IP protocol 112) does not cross it",
-                "attach it to a NAT network, internal network, host-only or bridged",
+                "attach it to a NAT network, internal network, host-only, bridged or a generic "
+                "driver (VDE, UDPTunnel)",
             )
         else:
-            self.add(name, "nic attachment", Status.OK, f"{attachment}")
+            self.add(name, "nic attachment", Status.OK, described)
         if additions is None:
             self.add(
                 name,
@@ -228,4 +236,3 @@ class MachineChecks:
             self.add(name, "guest additions", Status.OK, f"version {additions}")
 
     # -- pairs ---------------------------------------------------------------
-
