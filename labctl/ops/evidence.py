@@ -35,7 +35,12 @@ from typing import Any
 import labctl
 from labctl import keepalived as ka
 from labctl.errors import OperationFailed
-from labctl.ops.verify import UNREACHABLE_ERRORS, describe_error, split_sections
+from labctl.ops.verify import (
+    KEEPALIVED_JSON_DUMP,
+    UNREACHABLE_ERRORS,
+    describe_error,
+    split_sections,
+)
 from labctl.profile import Profile
 from labctl.remote import Remote
 
@@ -52,20 +57,13 @@ _AUTH_PASS = re.compile(r"(auth_pass\b\s*=?\s*)(\"[^\"]*\"|'[^']*'|\S+)")
 _AUTH_DATA = re.compile(r'("auth_data"\s*:\s*)"[^"]*"')
 
 # One round trip per node; the password is replaced before it leaves the node.
-NODE_SCRIPT = r"""
+NODE_SCRIPT = (
+    r"""
 echo @@journal
 journalctl -u keepalived --since "@$1" --no-pager -o short-iso-precise 2>&1
-echo @@json
-pid=$(cat /run/keepalived.pid 2>/dev/null)
-if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-  f=/tmp/keepalived.json
-  rm -f "$f"
-  kill -s "$(keepalived --signum=JSON)" "$pid" 2>/dev/null
-  i=0
-  while [ $i -lt 100 ] && ! grep -q ']$' "$f" 2>/dev/null; do sleep 0.01; i=$((i+1)); done
-  sed 's/"auth_data":"[^"]*"/"auth_data":""/g' "$f" 2>/dev/null
-fi
-echo @@addr
+echo @@json"""
+    + KEEPALIVED_JSON_DUMP
+    + r"""echo @@addr
 ip -o addr show
 echo @@neigh
 ip neigh show
@@ -73,6 +71,7 @@ echo @@conf
 sed -E 's/(auth_pass[[:space:]]+)[^[:space:]]+/\1********/' /etc/keepalived/keepalived.conf 2>&1
 echo @@end
 """
+)
 SECTIONS = {
     "journal": "keepalived.journal",
     "json": "keepalived.json",

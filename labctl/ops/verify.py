@@ -106,13 +106,9 @@ UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
 
 _VRRP_STATES = {0: "INIT", 1: "BACKUP", 2: "MASTER", 3: "FAULT"}
 
-# One round trip per node. The JSON dump is written by keepalived's VRRP process shortly after
+# keepalived's JSON dump (shell). The dump is written by keepalived's VRRP process shortly after
 # the signal, so wait (bounded) for a complete file; the password is blanked before it leaves.
-PROBE_SCRIPT = r"""
-echo @@addr; ip -o -4 addr show
-echo @@service; systemctl is-active keepalived 2>/dev/null
-echo @@hostkeys; cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null
-echo @@json
+KEEPALIVED_JSON_DUMP = r"""
 pid=$(cat /run/keepalived.pid 2>/dev/null)
 if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
   f=/tmp/keepalived.json
@@ -122,8 +118,17 @@ if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
   while [ $i -lt 100 ] && ! grep -q ']$' "$f" 2>/dev/null; do sleep 0.01; i=$((i+1)); done
   sed 's/"auth_data":"[^"]*"/"auth_data":""/g' "$f" 2>/dev/null
 fi
-echo @@end
 """
+# One round trip per node.
+PROBE_SCRIPT = (
+    r"""
+echo @@addr; ip -o -4 addr show
+echo @@service; systemctl is-active keepalived 2>/dev/null
+echo @@hostkeys; cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null
+echo @@json"""
+    + KEEPALIVED_JSON_DUMP
+    + "echo @@end\n"
+)
 
 
 class Verdict(enum.StrEnum):
@@ -524,8 +529,9 @@ class Verifier:
         nodes = [n for p in self.pairs for n in self.profile.nodes(p)]
         conds = self.conditions([n.name for n in nodes]) if self.conditions else {}
         blocked = {
-            p for p in self.pairs if any(conds.get(n.name, _RUNNING).blocked
-                                         for n in self.profile.nodes(p))
+            p
+            for p in self.pairs
+            if any(conds.get(n.name, _RUNNING).blocked for n in self.profile.nodes(p))
         }
         vips = [(p, v) for p in self.pairs if p not in blocked for v in self.profile.pair(p).vip]
         port = self.profile.ssh.port
