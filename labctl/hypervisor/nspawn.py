@@ -554,6 +554,8 @@ class NspawnHypervisor:
                 os.kill(pid, signal.SIGCONT)
 
     def _cleanup_runtime(self, name: str) -> None:
+        # called once the machine's processes are gone: it is off the network at once
+        net.delete_port(self.port(name))
         with contextlib.suppress(FileNotFoundError):
             (self.machine_dir(name) / "nspawn.pid").unlink()
         freezer = self._freezer(name)

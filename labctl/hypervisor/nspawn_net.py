@@ -72,6 +72,17 @@ def delete_bridge(bridge: str) -> None:
         run(["ip", "link", "del", "dev", bridge])
 
 
+def delete_port(port: str) -> None:
+    """Delete a stopped machine's host-side veth if it is still there.
+
+    The kernel removes it with the guest's network namespace, but that namespace can outlive
+    the guest's processes for minutes (orphaned TCP sockets finishing their close); deleting
+    the host side removes the pair at once. A veth that vanished meanwhile is not an error.
+    """
+    if link_exists(port):
+        run(["ip", "link", "del", "dev", port], check=False)
+
+
 def set_port(port: str, up: bool) -> None:
     """Bring a host-side veth up or down, when it exists."""
     if link_exists(port):
