@@ -61,7 +61,6 @@ def test_stop_releases_at_once(pair: LabPair, capsys: Capsys) -> None:
 
 def test_crash_leaves_the_vip_on_the_crashed_node(pair: LabPair, capsys: Capsys) -> None:
     trial = drill(pair, capsys, "crash")
-    assert trial["synced"] is True
     assert trial["released"] is None  # SIGKILL: keepalived could not remove it
     assert trial["overlap"] > 0
 
