@@ -26,9 +26,11 @@ from labctl.hypervisor import ExecResult, Machine, MachineState, Nic, VirtualBox
 from labctl.hypervisor.vbox_common import (
     BASE_SNAPSHOT,
     LINK_KEY,
+    SAVED_STATES,
     TAG_KEY,
     MediumFacts,
     disks_used_elsewhere,
+    guest_argv,
     guest_credentials,
     refuse_if_disks_used_elsewhere,
     resolve_driver,
@@ -272,6 +274,9 @@ class PyVBoxHypervisor:
                 # extra data through the session's machine: on 7.x the registered machine
                 # object is immutable ("Cannot set extradata for an immutable machine")
                 with self._session(new, write=True) as session:
+                    # a saved source's memory image was copied: the standby boots cold
+                    if self.dialect().state_name(int(new.state)) in SAVED_STATES:
+                        session.machine.discard_saved_state(True)
                     session.machine.set_extra_data(TAG_KEY, self.lab)
                     session.machine.set_extra_data(LINK_KEY, "off")
                     session.machine.get_network_adapter(self.nic - 1).cable_connected = False
@@ -418,15 +423,16 @@ class PyVBoxHypervisor:
         state = self._state(machine)
         if state is not MachineState.RUNNING:
             raise OperationFailed(f"cannot run a command in {name}: it is {state}")
+        run = guest_argv(argv)
         with self._wrap(f"running {argv[0]} in {name}"), self._session(machine) as session:
             guest_session = self._open_guest_session(name, session.console.guest, user, password)
             try:
                 if self.dialect().native:
                     process, out, err = guest_session.execute(
-                        argv[0], list(argv[1:]), timeout_ms=int(timeout * 1000)
+                        run[0], run[1:], timeout_ms=int(timeout * 1000)
                     )
                 else:
-                    process, out, err = self._execute_7(guest_session, argv, timeout)
+                    process, out, err = self._execute_7(guest_session, run, timeout)
             finally:
                 guest_session.close()
             return ExecResult(

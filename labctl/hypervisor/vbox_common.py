@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,8 @@ KERNEL_DRIVER = Path("/dev/vboxdrv")
 TAG_KEY = "labctl/lab"
 LINK_KEY = "labctl/link"
 BASE_SNAPSHOT = "labctl-base"
+# a machine whose memory image is kept: starting it resumes, it does not boot
+SAVED_STATES = frozenset({"saved", "abortedsaved"})
 
 # VBoxManage's short state names (machineStateToName(..., fShort=true)); 7.x adds abortedsaved.
 _STOPPED = {
@@ -50,6 +52,15 @@ def state_from_name(name: str, vm: str) -> MachineState:
     if name in _STOPPED:
         return MachineState.STOPPED
     raise OperationFailed(f"{vm}: VirtualBox reports an unknown machine state {name!r}")
+
+
+def guest_argv(argv: Sequence[str]) -> list[str]:
+    """What guest control runs for ``argv``: Guest Additions start only an absolute path
+    (a bare ``true`` fails in the guest with VERR_FILE_NOT_FOUND), so a bare command name is
+    looked up on the guest's PATH by ``/usr/bin/env``."""
+    if "/" in argv[0]:
+        return list(argv)
+    return ["/usr/bin/env", *argv]
 
 
 def guest_credentials(profile: Profile) -> tuple[str, str]:

@@ -14,14 +14,16 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from labctl.errors import BackendUnavailable, OperationFailed
+from labctl.errors import BackendUnavailable, GuestControlUnusable, OperationFailed
 from labctl.hypervisor import ExecResult, Machine, MachineState, Nic, VirtualBoxHost
 from labctl.hypervisor.vbox_common import (
     BASE_SNAPSHOT,
     LINK_KEY,
+    SAVED_STATES,
     TAG_KEY,
     MediumFacts,
     disks_used_elsewhere,
+    guest_argv,
     guest_credentials,
     refuse_if_disks_used_elsewhere,
     resolve_driver,
@@ -44,6 +46,7 @@ _NETWORK_KEYS = {
 }  # fmt: skip
 # guestcontrol run maps guest exit codes: 1..93 -> 33..125, 94 and above -> 126
 # (VBoxManageGuestCtrl.cpp, EXITCODEEXEC_MAPPED_*). 16..22 are VBoxManage's own failures.
+_SESSION_STILL_STARTING = "Error starting guest session (current status is: starting)"
 _MAPPED_FIRST, _MAPPED_LAST = 33, 125
 
 
@@ -253,6 +256,9 @@ class VBoxManageHypervisor:
 
         A linked clone needs a snapshot of the source: ``labctl-base`` is taken once when
         missing (this adds a snapshot to the source VM; its disks and state are untouched).
+        A source in saved state gives a clone in saved state (VirtualBox copies the memory
+        image): that state is discarded, so the standby's first start is a cold boot and never
+        resumes production's running identity.
         """
         if self._info(target) is not None:
             raise OperationFailed(f"cannot clone onto {target!r}: a VM of that name exists")
@@ -272,6 +278,8 @@ class VBoxManageHypervisor:
             self._remove_partial(target)
             raise
         try:
+            if self._require(target).get("VMState") in SAVED_STATES:
+                self._vbox("discardstate", target)
             self._vbox("setextradata", target, TAG_KEY, self.lab)
             self._vbox("setextradata", target, LINK_KEY, "off")
             self._vbox("modifyvm", target, f"--cableconnected{self.nic}", "off")
@@ -340,7 +348,7 @@ class VBoxManageHypervisor:
     def exec_in_guest(self, name: str, argv: Sequence[str], *, timeout: float = 60.0) -> ExecResult:
         """guestcontrol run on a running VM (needs Guest Additions and guest credentials).
 
-        argv[0] should be an absolute path in the guest. The password goes through a
+        A bare command name runs through /usr/bin/env. The password goes through a
         private temporary file (--passwordfile), never on a command line.
         """
         if not argv:
@@ -351,17 +359,27 @@ class VBoxManageHypervisor:
         state = self._state(name, self._require(name))
         if state is not MachineState.RUNNING:
             raise OperationFailed(f"cannot run a command in {name}: it is {state}")
+        run = guest_argv(argv)
         with tempfile.NamedTemporaryFile("w", prefix="labctl-guestpw-") as pwfile:
             os.chmod(pwfile.name, 0o600)
             pwfile.write(password + "\n")
             pwfile.flush()
             result = self._vbox(
-                "guestcontrol", name, "run", "--exe", argv[0], "--username", user,
+                "guestcontrol", name, "run", "--exe", run[0], "--username", user,
                 "--passwordfile", pwfile.name, "--timeout", str(int(timeout * 1000)),
-                "--wait-stdout", "--wait-stderr", "--", *argv,
+                "--wait-stdout", "--wait-stderr", "--", *run,
                 check=False, timeout=timeout + 30,
             )  # fmt: skip
         code, stderr = result.code, result.stderr
+        if _SESSION_STILL_STARTING in stderr:
+            # VBoxManageGuestCtrl waits a fixed 30 s for the session; a slow (e.g. interpreted)
+            # guest needs longer, and a session the host gave up on fails later anyway
+            raise GuestControlUnusable(
+                f"{name}: VBoxManage guestcontrol gives a guest session 30 s to start (fixed "
+                "in VBoxManage) and this guest's took longer",
+                hint='set driver = "pyvbox" under [lab.virtualbox]: the API waits '
+                "timeouts.guest for the session",
+            )
         if code == 0:
             guest_code = 0
         elif _MAPPED_FIRST <= code <= _MAPPED_LAST:

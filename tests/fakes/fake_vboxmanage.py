@@ -253,6 +253,8 @@ def controlvm(world: World, args: list[str]) -> str:
             world.acpi(name)
         elif action == "pause":
             world.pause(name)
+        elif action == "savestate":
+            world.save_state(name)
         elif action == "resume":
             world.resume(name)
         elif action.startswith("setlinkstate") and action[12:].isdigit() and len(args) == 3:
@@ -263,6 +265,18 @@ def controlvm(world: World, args: list[str]) -> str:
             raise syntax(f"Invalid parameter '{action}'")
     except NotFound:
         raise not_found(name, "VBoxManageControlVM.cpp") from None
+    except InvalidState as exc:
+        raise Fail([f"VBoxManage: error: {exc}"]) from None
+    return ""
+
+
+def discardstate(world: World, args: list[str]) -> str:
+    if len(args) != 1:
+        raise syntax("Incorrect number of parameters")
+    try:
+        world.discard_state(args[0])
+    except NotFound:
+        raise not_found(args[0], "VBoxManageMisc.cpp") from None
     except InvalidState as exc:
         raise Fail([f"VBoxManage: error: {exc}"]) from None
     return ""
@@ -334,6 +348,11 @@ def guestcontrol(world: World, args: list[str]) -> tuple[str, str, int]:
         elif opt != "--exe":
             raise syntax(f"Unknown option: {opt}")
         i += 2
+    vm = world.machines.get(name)
+    if vm is not None and vm.state == "running" and not vm.guest_session_starts:
+        # VBoxManageGuestCtrl.cpp waits a fixed 30 s for the guest session to start
+        raise Fail(["VBoxManage: error: Error starting guest session (current status is: "
+                    "starting)"])  # fmt: skip
     try:
         code, out, err = world.run_in_guest(name, user, password, argv, timeout_ms / 1000 or None)
     except NotFound:
@@ -358,6 +377,7 @@ COMMANDS = {
     "startvm": startvm,
     "controlvm": controlvm,
     "modifyvm": modifyvm,
+    "discardstate": discardstate,
     "unregistervm": unregistervm,
 }
 

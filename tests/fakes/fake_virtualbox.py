@@ -425,6 +425,14 @@ class FakeMachine:
     def save_settings(self) -> None:
         self._vm()
 
+    def discard_saved_state(self, remove_file: bool) -> None:
+        if not self._mutable:
+            raise self._api.error("VBoxErrorInvalidVmState", "The machine is not mutable")
+        try:
+            self._api.world.discard_state(self.name)
+        except InvalidState as exc:
+            raise self._api.error("VBoxErrorInvalidVmState", str(exc)) from None
+
     def find_snapshot(self, name_or_id: str) -> FakeSnapshot:
         if name_or_id not in self._vm().snapshots:
             raise self._api.error(

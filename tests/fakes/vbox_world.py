@@ -232,9 +232,24 @@ class World:
             guest_additions=src.guest_additions,
             guest_accounts=dict(src.guest_accounts),
             description=src.description,
+            # real 7.2: a clone of a saved machine (or of a snapshot taken while it was saved)
+            # gets the memory image too; starting it would resume the source's running state
+            state="saved" if src.state == "saved" else "poweroff",
         )
         self.machines[target] = vm
         return vm
+
+    def save_state(self, name: str) -> None:
+        vm = self._running(name)
+        vm.state = "saved"
+        for nic in vm.nics.values():
+            nic.live_cable = nic.cable
+
+    def discard_state(self, name: str) -> None:
+        vm = self.find(name)
+        if vm.state != "saved":
+            raise InvalidState(f"Machine '{name}' is not in the saved state (currently {vm.state})")
+        vm.state = "poweroff"
 
     def settings_file(self, name: str) -> str:
         return f"/root/VirtualBox VMs/{name}/{name}.vbox"
@@ -316,6 +331,8 @@ class World:
             raise GuestError("The guest execution service is not ready (yet)")
         if vm.guest_accounts.get(user) != password:
             raise GuestError("The specified user was not able to logon on guest")
+        if not argv[0].startswith("/"):  # real 7.2: the Guest Additions take no PATH lookup
+            raise GuestError(f"Error starting process '{argv[0]}', rc=VERR_FILE_NOT_FOUND")
         # The fake guest has no OS of its own: its processes run on this host.
         import subprocess  # only here: it is costly to import on every fake call
 

@@ -165,6 +165,26 @@ def test_linked_clone_takes_the_base_snapshot_once(world: World) -> None:
     assert hv.inspect("standby2").state is MachineState.STOPPED
 
 
+@pytest.mark.parametrize("linked", [False, True])
+def test_a_clone_of_a_saved_production_boots_cold(world: World, linked: bool) -> None:
+    """VirtualBox copies a saved source's memory image into the clone: the standby's first
+    start would resume production's running identity. labctl discards it."""
+    hv = backend()
+    hv.start("prod")
+    world.save_state("prod")
+    hv.clone("prod", "standby", linked=linked)
+    assert world.find("standby").state == "poweroff"
+    assert world.find("prod").state == "saved"  # production untouched
+
+
+def test_exec_of_a_bare_command_name_runs_it_from_the_guests_path(world: World) -> None:
+    """Guest Additions start absolute paths only (VERR_FILE_NOT_FOUND for ``true``)."""
+    hv = backend()
+    hv.start("prod")
+    result = hv.exec_in_guest("prod", ["echo", "found"])
+    assert (result.exit_code, result.stdout) == (0, "found\n")
+
+
 def test_graceful_stop_returns_before_the_guest_is_down(world: World) -> None:
     hv = backend()
     hv.start("prod")

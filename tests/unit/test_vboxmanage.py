@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from labctl.errors import EXIT_BACKEND, EXIT_FAILED, EXIT_PROFILE, LabctlError
+from labctl.errors import (
+    EXIT_BACKEND,
+    EXIT_FAILED,
+    EXIT_PROFILE,
+    GuestControlUnusable,
+    LabctlError,
+)
 from labctl.hypervisor import Hypervisor, MachineState, VirtualBoxDetails, get_hypervisor
 from labctl.hypervisor.vboxmanage import VBoxManageHypervisor, parse_machinereadable
 from tests.contract.backends_vbox import (
@@ -145,6 +151,19 @@ def test_unknown_machine_is_absent_not_an_error(host: FakeHost) -> None:
     assert backend().inspect("ghost").state is MachineState.ABSENT
 
 
+@pytest.mark.parametrize("linked", [False, True])
+def test_a_clone_of_a_saved_production_boots_cold(host: FakeHost, linked: bool) -> None:
+    """VirtualBox copies a saved source's memory image into the clone: the standby's first
+    start would resume production's running identity. labctl discards it."""
+    hv = backend()
+    hv.start("prod")
+    host.edit(lambda world: world.save_state("prod"))
+    hv.clone("prod", "standby", linked=linked)
+    assert host.world().find("standby").state == "poweroff"
+    assert host.world().find("prod").state == "saved"
+    assert ["discardstate", "standby"] in host.calls()
+
+
 def test_clone_failing_half_way_leaves_no_target(host: FakeHost) -> None:
     host.edit(lambda w: w.fail.update(modifyvm="settings file is read-only"))
     with pytest.raises(LabctlError) as failure:
@@ -201,6 +220,16 @@ def test_exec_passes_the_password_in_a_file_never_on_the_command_line(host: Fake
     assert runs[0][runs[0].index("--") + 1 :] == ["/bin/sh", "-c", "echo ok"]
 
 
+def test_exec_of_a_bare_command_name_runs_it_from_the_guests_path(host: FakeHost) -> None:
+    """Guest Additions start absolute paths only (VERR_FILE_NOT_FOUND for ``true``)."""
+    hv = backend()
+    hv.start("prod")
+    result = hv.exec_in_guest("prod", ["echo", "found"])
+    assert (result.exit_code, result.stdout, result.argv) == (0, "found\n", ("echo", "found"))
+    run = next(c for c in host.calls() if c[:1] == ["guestcontrol"])
+    assert run[run.index("--exe") + 1] == "/usr/bin/env"
+
+
 @pytest.mark.parametrize(("guest_code", "reported"), [(1, 1), (93, 93), (94, 94), (200, 94)])
 def test_exec_decodes_guestcontrol_exit_codes(
     host: FakeHost, guest_code: int, reported: int
@@ -236,6 +265,21 @@ def test_exec_without_the_password_variable_is_a_profile_error(
     assert failure.value.exit_code == EXIT_PROFILE
     assert failure.value.message.startswith("lab.virtualbox.guest_password_env:")
     assert GUEST_PASSWORD_ENV in failure.value.message
+
+
+def test_a_guest_session_slower_than_vboxmanages_30_s_is_a_clear_final_error(
+    host: FakeHost,
+) -> None:
+    """VBoxManage waits a fixed 30 s for a guest session (an interpreted guest takes 25-73 s):
+    labctl names the limit and the driver that has none, and nothing retries it."""
+    hv = backend()
+    hv.start("prod")
+    host.edit(lambda world: setattr(world.machines["prod"], "guest_session_starts", False))
+    with pytest.raises(GuestControlUnusable) as failure:
+        hv.exec_in_guest("prod", ["/bin/true"])
+    assert "30 s" in failure.value.message and "prod" in failure.value.message
+    assert failure.value.hint is not None and 'driver = "pyvbox"' in failure.value.hint
+    assert failure.value.exit_code == EXIT_FAILED
 
 
 def test_exec_on_a_stopped_machine_fails(host: FakeHost) -> None:
