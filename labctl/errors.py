@@ -43,6 +43,11 @@ class OperationFailed(LabctlError):
     exit_code = EXIT_FAILED
 
 
+class GuestControlUnusable(OperationFailed):
+    """Guest control cannot work with this driver on this guest: waiting or retrying cannot
+    help (and retried guest sessions only slow the guest down)."""
+
+
 class ProfileError(LabctlError):
     """The profile is missing or invalid; carries every problem found, each with its key path."""
 

@@ -23,7 +23,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from labctl.errors import GuestUnreachable, OperationFailed
+from labctl.errors import GuestControlUnusable, GuestUnreachable, OperationFailed
 from labctl.hypervisor import Hypervisor, MachineState, require, require_startable
 from labctl.ops.lab import (
     Probe,
@@ -133,12 +133,14 @@ def clone(
         else:
             hv.start(standby)
             _wait_side_channel(hv, standby, deadline=profile.timeouts.boot, sleep=sleep)
-            apply_identity(hv, profile, standby, address)
-            # reboot so every service starts with the new identity, then plug the cable in;
-            # the identity is synced to disk, so a guest that ignores the power button (no
-            # acpid, or logind not watching it) is powered off after timeouts.stop
-            _restart_stop(hv, standby, deadline=profile.timeouts.stop, sleep=sleep)
-            hv.set_link(standby, True)
+            live = profile.lab.virtualbox.identity_restart == "services"
+            apply_identity(hv, profile, standby, address, live=live)
+            if not live:
+                # reboot so every service starts with the new identity; it is synced to disk,
+                # so a guest that ignores the power button (no acpid, or logind not watching
+                # it) is powered off after timeouts.stop
+                _restart_stop(hv, standby, deadline=profile.timeouts.stop, sleep=sleep)
+            hv.set_link(standby, True)  # then plug the cable in
             hv.start(standby)
         wait_for_ssh(
             standby,
@@ -179,6 +181,8 @@ def _wait_side_channel(hv: Hypervisor, name: str, *, deadline: float, sleep: Sle
                 try:
                     if hv.exec_in_guest(name, ["true"], timeout=10).exit_code != 0:
                         raise _NotYet(name)
+                except GuestControlUnusable:
+                    raise
                 except OperationFailed as exc:
                     raise _NotYet(name) from exc
     except RetryError as exc:

@@ -47,15 +47,19 @@ Probe = Callable[[str, int, float], str]
 # the lab's SSH key for root and the profile's user. Prints the new public host keys.
 IDENTITY_SCRIPT = r"""
 set -eu
-name=$1 address=$2 machine_id=$3 pubkey=$4 user=$5 interface=$6
+name=$1 address=$2 machine_id=$3 pubkey=$4 user=$5 interface=$6 live=${7:-}
 printf '%s\n' "$name" > /etc/hostname
 [ -f /etc/hosts ] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
     > /etc/hosts
 sed -i '/^127\.0\.1\.1[[:space:]]/d' /etc/hosts
 printf '127.0.1.1\t%s\n' "$name" >> /etc/hosts
 printf '%s\n' "$machine_id" > /etc/machine-id
+# new keys of the types the machine had (all three when it had none); an RSA key costs
+# minutes on a slow (interpreted) guest, so a machine without one does not get one
+types=$(for key in /etc/ssh/ssh_host_*_key; do [ -f "$key" ] || continue
+    key=${key#/etc/ssh/ssh_host_}; printf '%s ' "${key%_key}"; done)
 rm -f /var/lib/dbus/machine-id /etc/ssh/ssh_host_*
-for type in rsa ecdsa ed25519; do
+for type in ${types:-rsa ecdsa ed25519}; do
     ssh-keygen -q -t "$type" -N '' -C "root@$name" -f "/etc/ssh/ssh_host_${type}_key"
 done
 mkdir -p /etc/systemd/network
@@ -85,6 +89,14 @@ if [ "$user" != root ]; then
     chmod 600 "$home/.ssh/authorized_keys"
 fi
 sync
+if [ "$live" = live ]; then
+    # in place of a reboot: what holds the old identity in memory takes the new one
+    printf '%s' "$name" > /proc/sys/kernel/hostname
+    systemctl restart systemd-journald.service
+    if [ -n "$interface" ]; then ip -4 addr flush dev "$interface"; fi
+    systemctl try-restart systemd-networkd.service
+    systemctl try-restart ssh.service
+fi
 cat /etc/ssh/ssh_host_*_key.pub
 """
 
@@ -194,8 +206,13 @@ def lab_interface(profile: Profile, name: str) -> str:
     return "host0" if profile.lab.backend == "nspawn" else ""
 
 
-def apply_identity(hv: Hypervisor, profile: Profile, name: str, address: str) -> list[str]:
-    """Give a stopped (or isolated) machine its own identity; return its public host keys."""
+def apply_identity(
+    hv: Hypervisor, profile: Profile, name: str, address: str, *, live: bool = False
+) -> list[str]:
+    """Give a stopped (or isolated) machine its own identity; return its public host keys.
+
+    ``live``: the machine runs (cable out) and takes the identity without a reboot: hostname
+    set, journald, systemd-networkd and sshd restarted."""
     pubkey = ensure_lab_key(profile.lab.name)
     argv = [
         "sh",
@@ -208,6 +225,7 @@ def apply_identity(hv: Hypervisor, profile: Profile, name: str, address: str) ->
         pubkey,
         profile.ssh.user,
         lab_interface(profile, name),
+        "live" if live else "",
     ]
     result = hv.exec_in_guest(name, argv, timeout=profile.timeouts.command)
     if result.exit_code != 0:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from labctl import paths
-from labctl.errors import OperationFailed, UnknownName
+from labctl.errors import GuestControlUnusable, OperationFailed, UnknownName
 from labctl.hypervisor import ExecResult, MachineState
 from labctl.ops import clone as clone_ops
 from labctl.ops import lab as lab_ops
@@ -180,6 +180,59 @@ def test_a_standby_that_ignores_the_power_button_is_powered_off_after_timeouts_s
     assert prof.timeouts.stop - 1 < clock.now - started <= prof.timeouts.stop
 
 
+def test_identity_restart_services_takes_the_identity_in_place_without_a_reboot(
+    prof: Profile, running_prod: FakeHypervisor, clock: FakeClock
+) -> None:
+    """lab.virtualbox.identity_restart = "services": no second boot (minutes on a slow host);
+    the identity script restarts what holds the old identity, then the cable goes in."""
+    hv = running_prod
+    hv.edits_stopped_disks = False
+    seen: list[list[str]] = []
+    real = hv.exec_in_guest
+
+    def spy(name: str, argv: Sequence[str], *, timeout: float = 60.0) -> ExecResult:
+        seen.append(list(argv))
+        return real(name, argv, timeout=timeout)
+
+    hv.exec_in_guest = spy  # type: ignore[method-assign]
+    vbox = prof.lab.virtualbox.model_copy(update={"identity_restart": "services"})
+    live = prof.model_copy(update={"lab": prof.lab.model_copy(update={"virtualbox": vbox})})
+    assert _clone(live, hv, clock).created
+    standby_calls = [c for c in hv.calls if len(c) > 1 and c[1] == STANDBY and c[0] != "clone"]
+    assert [c for c in standby_calls if c[0] in ("stop", "start", "set_link")] == [
+        ("set_link", STANDBY, "down"),
+        ("start", STANDBY),
+        ("set_link", STANDBY, "up"),
+        ("start", STANDBY),  # a no-op: it runs
+    ]
+    identity = next(argv for argv in seen if len(argv) > 3 and argv[3] == "identity")
+    assert identity[-1] == "live"
+    script = identity[2]
+    for restarted in ("systemd-journald", "systemd-networkd", "ssh.service"):
+        assert restarted in script.split('if [ "$live" = live ]')[1]
+
+
+def test_guest_control_that_cannot_work_fails_the_clone_at_once_and_removes_it(
+    prof: Profile, running_prod: FakeHypervisor, clock: FakeClock
+) -> None:
+    """VBoxManage's fixed 30 s guest-session limit on a slow guest: no retrying until
+    timeouts.boot, the clear error, and no half-made standby."""
+    hv = running_prod
+    hv.edits_stopped_disks = False
+
+    def unusable(name: str, argv: Sequence[str], *, timeout: float = 60.0) -> ExecResult:
+        hv.calls.append(("exec", name, argv[0]))
+        raise GuestControlUnusable(f"{name}: VBoxManage guestcontrol gives a guest session 30 s")
+
+    hv.exec_in_guest = unusable  # type: ignore[method-assign]
+    started = clock.now
+    with pytest.raises(GuestControlUnusable, match="30 s"):
+        _clone(prof, hv, clock)
+    assert [c for c in hv.calls if c[0] == "exec"] == [("exec", STANDBY, "true")]
+    assert clock.now - started < 1
+    assert hv.inspect(STANDBY).state is MachineState.ABSENT
+
+
 def test_identity_configures_the_lab_interface(
     prof: Profile, running_prod: FakeHypervisor, clock: FakeClock
 ) -> None:
@@ -195,7 +248,7 @@ def test_identity_configures_the_lab_interface(
     running_prod.exec_in_guest = spy  # type: ignore[method-assign]
     _clone(prof, running_prod, clock)
     identity = next(argv for argv in seen if len(argv) > 3 and argv[3] == "identity")
-    assert identity[-1] == "host0"
+    assert identity[9:] == ["host0", ""]  # the interface; not live (nspawn edits the disk)
     pair = next(iter(prof.pairs.values()))
     named = prof.model_copy(
         update={"pairs": {"a": pair.model_copy(update={"interface": "enp0s3"})}}
