@@ -514,9 +514,11 @@ class PyVBoxHypervisor:
                 f"(extra data {TAG_KEY} is {tag or None!r})"
             )
         with self._wrap(f"reading the disks of {name}"):
+            hard_disk = int(self._lib().DeviceType.hard_disk)  # not a DVD (installer ISO)
             attached = [
-                str(a.medium.id_p) for a in machine.medium_attachments if a.medium is not None
-            ]
+                str(a.medium.id_p) for a in machine.medium_attachments
+                if a.medium is not None and int(a.type_p) == hard_disk
+            ]  # fmt: skip
             in_use = disks_used_elsewhere(str(machine.id_p), attached, self._medium)
         refuse_if_disks_used_elsewhere(name, in_use)
         if self._state(machine) is not MachineState.STOPPED:

@@ -402,7 +402,12 @@ class VBoxManageHypervisor:
                 f"refusing to destroy {name}: labctl did not create it for lab {self.lab!r} "
                 f"(extra data {TAG_KEY} is {tag!r})"
             )
-        attached = [v for k, v in info.items() if "-ImageUUID-" in k]
+        # hard disks only: a DVD or floppy image (an installer ISO) is no disk to walk; its
+        # slot alone has IsEjected (CTL-IsEjected-P-D beside CTL-ImageUUID-P-D)
+        attached = [
+            v for k, v in info.items()
+            if "-ImageUUID-" in k and k.replace("-ImageUUID-", "-IsEjected-") not in info
+        ]  # fmt: skip
         refuse_if_disks_used_elsewhere(
             name, disks_used_elsewhere(info.get("UUID", ""), attached, self._medium)
         )

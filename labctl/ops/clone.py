@@ -23,7 +23,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from labctl.errors import GuestControlUnusable, GuestUnreachable, OperationFailed
+from labctl.errors import GuestControlUnusable, GuestUnreachable, LabctlError, OperationFailed
 from labctl.hypervisor import Hypervisor, MachineState, require, require_startable
 from labctl.ops.lab import (
     Probe,
@@ -152,12 +152,27 @@ def clone(
             sleep=sleep,
             alive=lambda: hv.inspect(standby).state is MachineState.RUNNING,
         )
-    except BaseException:
-        hv.destroy(standby)
-        forget_host_keys(profile.lab.name, address)
+    except BaseException as failure:
+        _remove_half_made(hv, profile, standby, address, failure)
         raise
     kind = "linked" if linked else "full"
     return result(True, f"standby {standby} created ({kind} clone of {production}) at {address}")
+
+
+def _remove_half_made(
+    hv: Hypervisor, profile: Profile, standby: str, address: str, failure: BaseException
+) -> None:
+    """Remove the standby a failed clone made; a removal that fails too is added to the
+    clone's own error (which it must never hide)."""
+    try:
+        hv.destroy(standby)
+    except LabctlError as cleanup:
+        log.error("removing the half-made %s failed: %s", standby, cleanup.message)
+        if isinstance(failure, LabctlError):
+            failure.message += (
+                f" (and removing the half-made {standby} failed: {cleanup.message})"
+            )
+    forget_host_keys(profile.lab.name, address)
 
 
 class _NotYet(Exception):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,8 +65,12 @@ class VmMaker:
 
     run: SandboxRun
 
-    def create(self, name: str, *, nic: tuple[str, ...] | None = None, disk_mb: int = 8) -> None:
-        """A powered-off VM with a small VDI on SATA port 0 and NIC 1 (default: generic VDE)."""
+    def create(
+        self, name: str, *, nic: tuple[str, ...] | None = None, disk_mb: int = 8,
+        dvd: bool = False,
+    ) -> None:  # fmt: skip
+        """A powered-off VM with a small VDI on SATA port 0 and NIC 1 (default: generic VDE);
+        ``dvd``: an ISO in a DVD drive on IDE too (as users keep their installer's)."""
         manage = self.run.manage
         manage("createvm", "--name", name, "--ostype", "Debian_64", "--register")
         disk = f"{VBOX_HOME}/disks/{name}.vdi"
@@ -78,6 +83,13 @@ class VmMaker:
             "--nic-property1", "network=/run/labctl-vde-test",
         )  # fmt: skip
         manage("modifyvm", name, "--memory", "128", *nic_args)
+        if dvd:
+            iso = self.run.host_path(f"{VBOX_HOME}/disks/{name}.iso")
+            subprocess.run(["dd", "if=/dev/zero", f"of={iso}", "bs=2048", "count=32"],
+                           check=True, capture_output=True)  # fmt: skip
+            manage("storagectl", name, "--name", "IDE", "--add", "ide")
+            manage("storageattach", name, "--storagectl", "IDE", "--port", "0", "--device",
+                   "0", "--type", "dvddrive", "--medium", self.run.inside_path(iso))  # fmt: skip
 
     def info(self, name: str) -> dict[str, str]:
         return parse_machinereadable(

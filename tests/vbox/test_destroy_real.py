@@ -36,3 +36,22 @@ def test_destroy_removes_this_labs_clone_and_spares_every_other_vm_and_disk(
 
     again = driver.labctl("destroy", "--yes")
     assert (again.returncode, again.stdout.strip()) == (0, "nothing to destroy")
+
+
+def test_destroy_of_a_clone_with_a_dvd_attached_removes_it_and_spares_the_iso(
+    driver: Driver,
+) -> None:
+    """Users keep an installer ISO in the DVD drive; the clone has it too. The disk walk of
+    destroy reads hard disks only (real 7.2: opening the ISO as a hard disk is
+    VBOX_E_OBJECT_NOT_FOUND, which once failed destroy -- and a failed clone's clean-up)."""
+    vms = driver.vms
+    vms.create("prod", dvd=True)
+    driver.hv.clone("prod", "prod-standby", linked=True)
+    iso = driver.run.host_path(vms.info("prod")["IDE-0-0"])
+    assert vms.info("prod-standby")["IDE-0-0"] == driver.run.inside_path(iso)
+
+    done = driver.labctl("destroy", "--yes")
+
+    assert done.returncode == 0, done.stderr
+    assert not vms.exists("prod-standby") and vms.exists("prod")
+    assert iso.is_file() and disk_path(driver, "prod").is_file()

@@ -233,6 +233,22 @@ def test_guest_control_that_cannot_work_fails_the_clone_at_once_and_removes_it(
     assert hv.inspect(STANDBY).state is MachineState.ABSENT
 
 
+def test_a_clean_up_that_fails_too_never_hides_why_the_clone_failed(
+    prof: Profile, running_prod: FakeHypervisor, clock: FakeClock
+) -> None:
+    hv = running_prod
+    hv.identity_exit = 3
+
+    def broken_destroy(name: str) -> None:
+        raise OperationFailed(f"reading the disks of {name} failed")
+
+    hv.destroy = broken_destroy  # type: ignore[method-assign]
+    with pytest.raises(OperationFailed) as failure:
+        _clone(prof, hv, clock)
+    assert "writing its identity failed (exit 3)" in failure.value.message
+    assert f"removing the half-made {STANDBY} failed" in failure.value.message
+
+
 def test_identity_configures_the_lab_interface(
     prof: Profile, running_prod: FakeHypervisor, clock: FakeClock
 ) -> None:
