@@ -132,7 +132,12 @@ class PyVBoxHypervisor:
             raise OperationFailed(f"VirtualBox: {what} failed: {exc}") from exc
 
     def _check_progress(self, progress: Any, what: str) -> None:
+        # waitForCompletion(-1) can return before the end (real 7.2: powering off a VM whose
+        # process is the driverless frontend), and result_code then fails with "operation is
+        # still in progress": wait until the progress says it completed
         progress.wait_for_completion(-1)
+        while not progress.completed:
+            progress.wait_for_completion(500)
         if progress.result_code != 0:
             text = ""
             try:
@@ -214,7 +219,7 @@ class PyVBoxHypervisor:
         machine = self._require(name)
         with self._wrap(f"{what} {name}"), self._session(machine) as session:
             result = action(session.console)
-            if result is not None and hasattr(result, "result_code"):
+            if result is not None and hasattr(result, "wait_for_completion"):  # a progress
                 self._check_progress(result, f"{what} {name}")
 
     # -- Hypervisor -------------------------------------------------------------------------

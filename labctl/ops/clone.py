@@ -30,6 +30,7 @@ from labctl.ops.lab import (
     Progress,
     Sleep,
     apply_identity,
+    ensure_lab_key,
     forget_host_keys,
     ssh_banner,
     wait_for_ssh,
@@ -123,6 +124,7 @@ def clone(
         hv.destroy(standby)
         forget_host_keys(profile.lab.name, address)
 
+    ensure_lab_key(profile.lab.name)  # the standby trusts it: fail before anything is made
     hv.clone(production, standby, linked=linked)
     try:
         hv.set_link(standby, False)

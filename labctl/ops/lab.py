@@ -522,5 +522,9 @@ def destroy(profile: Profile, hv: Hypervisor) -> list[str]:
 def _run(argv: list[str]) -> None:
     try:
         subprocess.run(argv, check=True, capture_output=True, text=True)
+    except FileNotFoundError as exc:
+        raise OperationFailed(
+            f"{argv[0]} not found on PATH", hint="install OpenSSH's client (Debian: openssh-client)"
+        ) from exc
     except (OSError, subprocess.CalledProcessError) as exc:
         raise OperationFailed(f"{argv[0]} failed: {exc}") from exc

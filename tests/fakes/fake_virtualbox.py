@@ -234,16 +234,26 @@ class FakeVirtualBoxApi:
 
 
 class FakeProgress:
+    # real 7.2: waitForCompletion(-1) of powering a driverless VM off returned this many times
+    # before the end; result_code then raises "operation is still in progress"
+    early_returns = 0
+
     def __init__(self, error: str | None = None) -> None:
         self.completed = False
         self._error = error
+        self._early = FakeProgress.early_returns
 
     def wait_for_completion(self, timeout: int = -1) -> None:
         del timeout
+        if self._early > 0:
+            self._early -= 1
+            return
         self.completed = True  # never raises, even on failure (pyvbox behaviour)
 
     @property
     def result_code(self) -> int:
+        if not self.completed:
+            raise RuntimeError("Result code is not available, operation is still in progress")
         return 0 if self._error is None else E_FAIL
 
     @property

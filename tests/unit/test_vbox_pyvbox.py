@@ -20,7 +20,7 @@ from tests.contract.backends_vbox import (
     GUEST_USER,
     vbox_profile,
 )
-from tests.fakes.fake_virtualbox import FakeVirtualBoxApi
+from tests.fakes.fake_virtualbox import FakeProgress, FakeVirtualBoxApi
 from tests.fakes.vbox_world import World
 
 
@@ -183,6 +183,16 @@ def test_exec_of_a_bare_command_name_runs_it_from_the_guests_path(world: World) 
     hv.start("prod")
     result = hv.exec_in_guest("prod", ["echo", "found"])
     assert (result.exit_code, result.stdout) == (0, "found\n")
+
+
+def test_a_progress_whose_wait_returns_early_is_waited_for_until_it_completed(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hv = backend()
+    hv.start("prod")
+    monkeypatch.setattr(FakeProgress, "early_returns", 2)
+    hv.stop("prod", hard=True)
+    assert world.find("prod").state == "poweroff"
 
 
 def test_graceful_stop_returns_before_the_guest_is_down(world: World) -> None:
