@@ -75,18 +75,18 @@ LinkLocalAddressing=no
 ConfigureWithoutCarrier=yes
 IgnoreCarrierLoss=yes
 EOF
+# the lab key is added: the keys production trusts (its admins') keep working on its clone
+trust() { touch "$1"; grep -qxF "$pubkey" "$1" || printf '%s\n' "$pubkey" >> "$1"; chmod 600 "$1"; }
 install -d -m 700 /root/.ssh
-printf '%s\n' "$pubkey" > /root/.ssh/authorized_keys
-chmod 600 /root/.ssh/authorized_keys
+trust /root/.ssh/authorized_keys
 if [ "$user" != root ]; then
     id "$user" >/dev/null 2>&1 || useradd -m -s /bin/bash "$user"
     printf '%s ALL=(ALL) NOPASSWD:ALL\n' "$user" > "/etc/sudoers.d/labctl-$user"
     chmod 440 "/etc/sudoers.d/labctl-$user"
     home=$(getent passwd "$user" | cut -d: -f6)
     install -d -m 700 -o "$user" -g "$user" "$home/.ssh"
-    printf '%s\n' "$pubkey" > "$home/.ssh/authorized_keys"
+    trust "$home/.ssh/authorized_keys"
     chown "$user:$user" "$home/.ssh/authorized_keys"
-    chmod 600 "$home/.ssh/authorized_keys"
 fi
 sync
 if [ "$live" = live ]; then
