@@ -267,17 +267,20 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
 
 
 @contextlib.contextmanager
-def _allocate_subnet() -> Iterator[ipaddress.IPv4Network]:
-    """A 10.250.X.0/24 that no route or address on this host touches, locked for the run."""
+def _allocate_subnet(only: int | None = None) -> Iterator[ipaddress.IPv4Network]:
+    """A 10.250.X.0/24 that no route or address on this host touches, locked for the run.
+
+    ``only``: that X and no other (waiting for another run that holds it), for a tier whose
+    cached machines keep their addresses (the real-VM tier's saved production VM)."""
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
     used = _used_networks()
-    for x in range(10, 250):
+    for x in range(10, 250) if only is None else (only,):
         net = ipaddress.IPv4Network(f"10.250.{x}.0/24")
         if any(net.overlaps(u) for u in used):
             continue
         lock = open(LOCK_DIR / f"subnet-{x}.lock", "a+")  # noqa: SIM115 - held for the run
         try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | (fcntl.LOCK_NB if only is None else 0))
         except BlockingIOError:
             lock.close()
             continue
@@ -287,6 +290,9 @@ def _allocate_subnet() -> Iterator[ipaddress.IPv4Network]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
             lock.close()
         return
+    if only is not None:
+        pytest.fail(f"10.250.{only}.0/24 (the lab tests' fixed subnet) is used by a route or "
+                    "address on this host", pytrace=False)  # fmt: skip
     pytest.fail("no free 10.250.X.0/24 subnet for the lab tests", pytrace=False)
 
 

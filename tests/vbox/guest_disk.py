@@ -17,19 +17,16 @@
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from labctl.hypervisor.nspawn_image import host_mirror
-from tests.vbox.sandbox import VBOX_HOME, SandboxError, SandboxRun, cache_dir
+from tests.vbox.cache import cached, recipe_digest
+from tests.vbox.sandbox import VBOX_HOME, SandboxError, SandboxRun
 
 DISK_VERSION = 1
 SUITE = "sid"
@@ -78,6 +75,11 @@ printf '[Service]\nExecStart=\nExecStart=-%s\n' "$trigger" \
     printf 'ExecStart=\nExecStart=/usr/sbin/VBoxService --foreground\nExecStop=\n'
 } > /etc/systemd/system/virtualbox-guest-utils.service.d/labctl.conf
 systemctl enable virtualbox-guest-utils >/dev/null 2>&1 || true
+# no logind or D-Bus (nothing on a lab machine needs them; the root login over SSH then starts no
+# user manager: logins cost seconds, not a minute, interpreted); no remount (the kernel mounts the
+# root read-write), sysctl, network generator, credentials loading or /tmp mount: ~45 s each;
+# no timers and no apt-daily (an `apt-get check` of apt.systemd.daily ran 6 min interpreted,
+# started right after a saved guest resumed, and would hold the dpkg lock provision needs)
 for unit in getty@tty1.service serial-getty@ttyS0.service getty.target \
         systemd-udev-settle.service systemd-modules-load.service modprobe@.service \
         systemd-networkd-wait-online.service systemd-journal-flush.service \
@@ -96,7 +98,10 @@ for unit in getty@tty1.service serial-getty@ttyS0.service getty.target \
         systemd-networkd-persistent-storage.service systemd-battery-check.service \
         systemd-bsod.service systemd-soft-reboot.service systemd-ask-password-console.path \
         systemd-ask-password-wall.path remote-fs.target cryptsetup.target \
-        sshd-keygen.service; do
+        sshd-keygen.service systemd-remount-fs.service systemd-sysctl.service \
+        systemd-udev-load-credentials.service systemd-network-generator.service tmp.mount \
+        systemd-tmpfiles-setup-dev-early.service systemd-logind.service dbus.service \
+        dbus.socket apt-daily.service apt-daily-upgrade.service timers.target; do
     ln -sf /dev/null "/etc/systemd/system/$unit"
 done
 for gen in /usr/lib/systemd/system-generators/*; do
@@ -130,34 +135,12 @@ def disk_recipe() -> dict[str, object]:
 
 
 def disk_hash() -> str:
-    return hashlib.sha256(json.dumps(disk_recipe(), sort_keys=True).encode()).hexdigest()[:12]
+    return recipe_digest(disk_recipe())
 
 
 def ensure_disk_image() -> DiskImage:
-    cache = cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    final = cache / f"disk-{disk_hash()}"
-    if (final / "recipe.json").is_file():
-        return DiskImage(final / "root.img", 0.0, False)
-    with open(cache / ".lock-disk", "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        if (final / "recipe.json").is_file():
-            return DiskImage(final / "root.img", 0.0, False)
-        started = time.monotonic()
-        staging = cache / f".build-disk-{uuid.uuid4().hex[:6]}"
-        staging.mkdir()
-        try:
-            _build(staging)
-            seconds = time.monotonic() - started
-            (staging / "recipe.json").write_text(
-                json.dumps({**disk_recipe(), "built": time.time(), "seconds": seconds}) + "\n"
-            )
-            staging.rename(final)
-        except BaseException:
-            _release(staging / "root")
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return DiskImage(final / "root.img", seconds, True)
+    disk = cached(f"disk-{disk_hash()}", disk_recipe(), _build)
+    return DiskImage(disk.path / "root.img", disk.seconds, disk.built)
 
 
 def _run(argv: list[str], what: str, log: Path, timeout: float = 1800) -> None:
@@ -171,11 +154,6 @@ def _run(argv: list[str], what: str, log: Path, timeout: float = 1800) -> None:
         raise SandboxError(
             f"guest disk: {what} failed (exit {done.returncode}): " + " | ".join(tail)
         )
-
-
-def _release(root: Path) -> None:
-    for what in ("dev/pts", "dev", "proc", "sys"):
-        subprocess.run(["umount", "-l", str(root / what)], capture_output=True)
 
 
 def _build(staging: Path) -> None:

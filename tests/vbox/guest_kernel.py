@@ -15,16 +15,12 @@ directory and renamed into place only when complete (a failed build leaves nothi
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import shutil
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.vbox.sandbox import Build, SandboxError, SandboxRun, cache_dir
+from tests.vbox.cache import cached, recipe_digest
+from tests.vbox.sandbox import Build, SandboxError, SandboxRun
 
 KERNEL_VERSION = 1
 FRAGMENTS = (
@@ -74,34 +70,14 @@ def kernel_recipe(build: Build) -> dict[str, object]:
 
 
 def kernel_hash(build: Build) -> str:
-    blob = json.dumps(kernel_recipe(build), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+    return recipe_digest(kernel_recipe(build))
 
 
 def ensure_kernel(build: Build) -> Kernel:
     """The cached guest kernel and boot ISO for ``build`` (the sandbox with its VM layer)."""
-    cache = cache_dir()
-    final = cache / f"kernel-{kernel_hash(build)}"
-    if (final / "recipe.json").is_file():
-        return Kernel(final / "bzImage", final / "boot.iso", 0.0, False)
-    with open(cache / ".lock-kernel", "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        if (final / "recipe.json").is_file():
-            return Kernel(final / "bzImage", final / "boot.iso", 0.0, False)
-        started = time.monotonic()
-        staging = cache / f".build-kernel-{uuid.uuid4().hex[:6]}"
-        staging.mkdir()
-        try:
-            _build(build, staging)
-            (staging / "recipe.json").write_text(
-                json.dumps({**kernel_recipe(build), "built": time.time(),
-                            "seconds": time.monotonic() - started}, indent=2) + "\n"
-            )  # fmt: skip
-            staging.rename(final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return Kernel(final / "bzImage", final / "boot.iso", time.monotonic() - started, True)
+    kernel = cached(f"kernel-{kernel_hash(build)}", kernel_recipe(build),
+                    lambda staging: _build(build, staging))  # fmt: skip
+    return Kernel(kernel.path / "bzImage", kernel.path / "boot.iso", kernel.seconds, kernel.built)
 
 
 _SCRIPT = r"""

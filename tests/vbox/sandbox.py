@@ -23,8 +23,6 @@ VirtualBox SDK binding exists only there.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import shlex
@@ -33,13 +31,13 @@ import signal
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from labctl.hypervisor.nspawn_image import host_mirror
+from tests.vbox.cache import cached, recipe_digest
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE_VERSION = 1
@@ -59,7 +57,6 @@ PYVBOX = "virtualbox==2.1.1"
 VBOXMANAGE = "/usr/lib/virtualbox/VBoxManage"  # /usr/bin/VBoxManage prints a driver banner
 VBOX_HOME = "/vbox-home"
 SRC = "/labctl-src"
-DEFAULT_CACHE = "/var/cache/labctl/vbox-sandbox"
 RUNS = Path("/var/tmp/labctl-vbox-runs")
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -80,11 +77,7 @@ def recipe() -> dict[str, object]:
 
 
 def recipe_hash() -> str:
-    return hashlib.sha256(json.dumps(recipe(), sort_keys=True).encode()).hexdigest()[:12]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LABCTL_VBOX_CACHE") or DEFAULT_CACHE)
+    return recipe_digest(recipe())
 
 
 @dataclass(frozen=True)
@@ -109,8 +102,9 @@ VM_PACKAGES = (
     "virtualbox-qt",
     "xvfb",
     "xauth",
-    # the lab network
+    # the lab network, and the SSH client tools labctl uses for the lab key (ssh-keygen)
     "vde2",
+    "openssh-client",
     # the guest kernel: Debian's source package and what building a tinyconfig kernel needs
     "linux-source",
     "gcc",
@@ -137,35 +131,15 @@ def vm_layer_recipe() -> dict[str, object]:
 
 
 def vm_layer_hash() -> str:
-    return hashlib.sha256(json.dumps(vm_layer_recipe(), sort_keys=True).encode()).hexdigest()[:12]
+    return recipe_digest(vm_layer_recipe())
 
 
 def ensure_vm_layer(base: Build, log: Path | None = None) -> Build:
     """``base`` plus the cached VM layer (an overlay upper directory, built on first use,
-    keyed by its own recipe hash, built in staging and renamed into place when complete)."""
-    cache = cache_dir()
-    final = cache / f"vm-{vm_layer_hash()}"
-    started = time.monotonic()
-    built = False
-    if not (final / "recipe.json").is_file():
-        with open(cache / ".lock-vm", "a+") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            if not (final / "recipe.json").is_file():
-                staging = cache / f".build-vm-{vm_layer_hash()}-{uuid.uuid4().hex[:6]}"
-                try:
-                    _build_vm_layer(base, staging, log or staging / "build.log")
-                    staging.rename(final)
-                    built = True
-                except BaseException:
-                    _unmount_below(staging)
-                    shutil.rmtree(staging, ignore_errors=True)
-                    raise
-    return Build(
-        base.root,
-        time.monotonic() - started if built else 0.0,
-        built,
-        (final / "upper", *base.layers),
-    )
+    keyed by its own recipe hash)."""
+    layer = cached(f"vm-{vm_layer_hash()}", vm_layer_recipe(),
+                   lambda staging: _build_vm_layer(base, staging, log or staging / "build.log"))
+    return Build(base.root, layer.seconds, layer.built, (layer.path / "upper", *base.layers))
 
 
 def _build_vm_layer(base: Build, staging: Path, log: Path) -> None:
@@ -204,25 +178,9 @@ def _build_vm_layer(base: Build, staging: Path, log: Path) -> None:
 
 def ensure_sandbox(log: Path | None = None) -> Build:
     """The cached sandbox for the current recipe, built first if missing."""
-    cache = cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    final = cache / f"{SUITE}-{recipe_hash()}"
-    if (final / "recipe.json").is_file():
-        return Build(final / "root", 0.0, False)
-    with open(cache / ".lock", "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        if (final / "recipe.json").is_file():  # another run built it meanwhile
-            return Build(final / "root", 0.0, False)
-        started = time.monotonic()
-        staging = cache / f".build-{recipe_hash()}-{uuid.uuid4().hex[:6]}"
-        try:
-            _build(staging, log or staging / "build.log")
-            staging.rename(final)
-        except BaseException:
-            _unmount_below(staging)
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return Build(final / "root", time.monotonic() - started, True)
+    sandbox = cached(f"{SUITE}-{recipe_hash()}", {**recipe(), "mirror": host_mirror()},
+                     lambda staging: _build(staging, log or staging / "build.log"), lock="sid")
+    return Build(sandbox.path / "root", sandbox.seconds, sandbox.built)
 
 
 def _build(staging: Path, log: Path) -> None:

@@ -7,7 +7,9 @@ tap, the driverless VBoxManage wrapper. At the end every VM of the run is powere
 unregistered and deleted and every process, mount and the tap removed.
 ``guest`` (session) -> :class:`GuestArtifacts`: what was built and how long it took.
 ``lab`` (session) -> :class:`Lab`: the production VM ``prod-back`` (the user's configured
-machine, powered off) and the labctl profile for it and its pair.
+machine, in a saved state: booted once per recipe and cached) and the labctl profiles for it
+and its pair. The tier's subnet is fixed (``10.250.{VM_SUBNET}.0/24``): the saved machine keeps
+its address.
 Figures measured by the tests (``FIGURES``) are written to ``$LABCTL_VM_FIGURES`` at the end.
 """
 
@@ -30,7 +32,7 @@ from tests.vbox.guest_disk import DiskImage, ensure_disk_image
 from tests.vbox.guest_kernel import Kernel, ensure_kernel
 from tests.vbox.sandbox import SandboxError, SandboxRun, ensure_sandbox, ensure_vm_layer
 from tests.vbox.vmhost import VmHost
-from tests.vbox.vms.machines import FIGURES, PROD, Lab, create_production_vm, write_profile
+from tests.vbox.vms.machines import FIGURES, VM_SUBNET, Lab, ensure_production, write_profile
 
 REQUIRED = ("debootstrap", "chroot", "mount", "umount", "mkfs.ext4", "debugfs", "ip",
             "ssh-keygen")  # fmt: skip
@@ -69,7 +71,7 @@ def vm_host() -> Iterator[VmHost]:
     except SandboxError as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
-        with _allocate_subnet() as subnet:
+        with _allocate_subnet(only=VM_SUBNET) as subnet:
             host = VmHost.open(run, subnet)
             try:
                 yield host
@@ -93,9 +95,15 @@ def guest(vm_host: VmHost) -> GuestArtifacts:
 
 @pytest.fixture(scope="session")
 def lab(vm_host: VmHost, guest: GuestArtifacts) -> Lab:
-    prod = create_production_vm(vm_host, PROD, guest.kernel.iso, guest.disk.path,
-                                vm_host.address(10))  # fmt: skip
-    return write_profile(vm_host, prod, standby_address=vm_host.address(20),
+    """The user's production VM, suspended (a cached saved state), and the lab's profiles."""
+    try:
+        prod = ensure_production(vm_host, guest.kernel.iso, guest.disk.path)
+    except SandboxError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    FIGURES["prod_install_s"] = prod.install_s
+    if prod.built:
+        FIGURES["prod_cold_boot_to_ssh_s"] = prod.boot_to_ssh_s
+    return write_profile(vm_host, prod.identity, standby_address=vm_host.address(20),
                          vip=vm_host.address(30))  # fmt: skip
 
 
