@@ -8,6 +8,7 @@ it (``driver = "pyvbox"``, ``driverless = true``, the interpreted host's deadlin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -20,7 +21,7 @@ import paramiko
 
 from tests.vbox.cache import cached, recipe_digest
 from tests.vbox.guest_disk import GUEST_PASSWORD, INTERFACE, Identity, make_production_vdi
-from tests.vbox.sandbox import VBOX_HOME, SandboxError
+from tests.vbox.sandbox import VBOX_HOME, SandboxError, processes_in
 from tests.vbox.vmhost import SWITCH, VmHost
 
 PASSWORD_ENV = "LABCTL_TEST_GUEST_PASSWORD"
@@ -133,6 +134,9 @@ def ensure_production(host: VmHost, iso: Path, image: Path) -> Production:
         finally:
             client.close()
         run.manage("controlvm", PROD, "savestate")
+        # the frontend still holds the session for a moment after "saved" (a clone's snapshot
+        # then fails: "Failed to get a console object from the direct session")
+        _wait_frontend_gone(host, PROD, deadline=120)
         folder = run.host_path(f"{VBOX_HOME}/machines/{PROD}")
         subprocess.run(["cp", "-a", "--sparse=always", str(folder), str(staging / "machine")],
                        check=True)  # fmt: skip
@@ -158,6 +162,20 @@ def ensure_production(host: VmHost, iso: Path, image: Path) -> Production:
         run.manage("registervm", f"{VBOX_HOME}/machines/{PROD}/{PROD}.vbox")
     return Production(identity, entry.built, boot.get("boot_to_ssh_s", 0.0),
                       time.monotonic() - started)  # fmt: skip
+
+
+def _wait_frontend_gone(host: VmHost, name: str, *, deadline: float) -> None:
+    marker = f"--startvm\0{name}\0".encode()
+    until = time.monotonic() + deadline
+    while time.monotonic() < until:
+        alive = False
+        for pid in processes_in(host.run.root):
+            with contextlib.suppress(OSError):
+                alive = alive or marker in Path(f"/proc/{pid}/cmdline").read_bytes()
+        if not alive:
+            return
+        time.sleep(0.5)
+    raise SandboxError(f"the frontend of {name} did not exit within {deadline:g} s of savestate")
 
 
 def _wait_for_ssh(address: str, *, deadline: float) -> None:
