@@ -110,6 +110,11 @@ def _library() -> types.ModuleType:
             ("Full", "full", 4),
         ],
     )
+    lib.DeviceType = _enum(  # type: ignore[attr-defined]
+        "DeviceType",
+        [("Null", "null", 0), ("Floppy", "floppy", 1), ("DVD", "dvd", 2),
+         ("HardDisk", "hard_disk", 3)],
+    )  # fmt: skip
     lib.CloneMode = _enum(  # type: ignore[attr-defined]
         "CloneMode",
         [
