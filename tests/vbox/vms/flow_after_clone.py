@@ -1,4 +1,4 @@
-"""The seed's flow on real VirtualBox 7.2 VMs after the clone: provision, verify, failover
+"""The seed's flow on real VirtualBox 7.2 VMs: the clone, provision, verify, failover
 drills with both drivers, VBoxManage guest control, destroy (interpreted guests).
 
 NOT collected by the test command (the name does not match test_*.py): on this host provision
@@ -14,13 +14,90 @@ session of test_e2e_real_vms.py (its standby), so run both, in this order:
 from __future__ import annotations
 
 import json
+import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from tests.vbox.sandbox import VBOX_HOME
 from tests.vbox.vmhost import VmHost
-from tests.vbox.vms.machines import FIGURES, PROD, STANDBY, Lab, host_key, labctl_env, ssh
-from tests.vbox.vms.test_e2e_real_vms import PAIR, labctl, vminfo
+from tests.vbox.vms.machines import FIGURES, PROD, STANDBY, Lab, host_key, labctl_env, sh, ssh
+from tests.vbox.vms.test_e2e_real_vms import PAIR, labctl, vbox_log, vminfo
+
+
+@dataclass
+class CloneJob:
+    proc: subprocess.Popen[str]
+    started: float
+
+
+@pytest.fixture(scope="module")
+def clone_job(vm_host: VmHost, lab: Lab) -> Iterator[CloneJob]:
+    """``labctl clone prod-back --linked`` started from the saved production VM; yields once
+    the standby runs (its first boot, cable out), so the tests below overlap with its boot."""
+    proc = subprocess.Popen(
+        vm_host.run.argv("python3", "-m", "labctl", "--debug", "-p", lab.profile_inside,
+                         "clone", PROD,
+                         "--linked", "--json", env=labctl_env()),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    job = CloneJob(proc, time.monotonic())
+    try:
+        while proc.poll() is None and STANDBY not in vm_host.running_vms():
+            time.sleep(1)
+        yield job
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_virtualbox_real_vms_clone_boots_the_standby_cold_with_its_cable_out(
+    vm_host: VmHost, lab: Lab, clone_job: CloneJob
+) -> None:
+    """The standby of a saved production VM: VirtualBox copied the memory image, labctl threw
+    it away -- its first start is a cold boot (no saved state loaded), on a new MAC, with the
+    lab NIC's cable out while it still has production's identity."""
+    assert clone_job.proc.poll() is None, clone_job.proc.communicate()
+    standby, prod = vminfo(vm_host, STANDBY), vminfo(vm_host, PROD)
+    assert standby["cableconnected1"] == "off"
+    assert standby["macaddress1"] != prod["macaddress1"]
+    log = vbox_log(vm_host, STANDBY)
+    assert "Falling back on IEM: Driverless mode" in log
+    assert "SSM: File header" not in log  # no saved state was loaded: a cold boot
+
+
+def test_virtualbox_real_vms_clone_has_its_own_identity(
+    vm_host: VmHost, lab: Lab, clone_job: CloneJob
+) -> None:
+    """The standby: hostname, machine-id, host key and address of its own (read from the guest
+    directly), set through guest control while its cable was out, then plugged in."""
+    out, err = clone_job.proc.communicate(timeout=3600)
+    FIGURES["clone_s"] = time.monotonic() - clone_job.started
+    assert clone_job.proc.returncode == 0, out + err
+    result = json.loads(out)
+    assert (result["standby"], result["created"], result["linked"]) == (STANDBY, True, True)
+    assert vminfo(vm_host, STANDBY)["cableconnected1"] == "on"
+    client, login = ssh(lab, lab.standby_address)
+    FIGURES["ssh_login_standby_s"] = login
+    try:
+        assert sh(client, "hostname").strip() == STANDBY
+        machine_id = sh(client, "cat /etc/machine-id").strip()
+        assert len(machine_id) == 32 and machine_id != lab.prod.machine_id
+        assert host_key(client) != lab.prod.host_key_pub
+        addrs = sh(client, "ip -o -4 addr show dev eth0")
+        assert lab.standby_address in addrs and lab.prod.address not in addrs
+    finally:
+        client.close()
+    # production answers as itself still: nothing of the clone reached its address
+    client, _login = ssh(lab, lab.prod.address)
+    try:
+        assert host_key(client) == lab.prod.host_key_pub
+    finally:
+        client.close()
 
 
 def test_virtualbox_real_vms_provision_then_verify_puts_the_vip_on_the_primary(
