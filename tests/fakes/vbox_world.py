@@ -240,10 +240,7 @@ class World:
         return vm
 
     def save_state(self, name: str) -> None:
-        vm = self._running(name)
-        vm.state = "saved"
-        for nic in vm.nics.values():
-            nic.live_cable = nic.cable
+        self._running(name).state = "saved"
 
     def discard_state(self, name: str) -> None:
         vm = self.find(name)

@@ -31,6 +31,19 @@ def _clone(
     return clone_ops.clone(prof, hv, "prod-a", probe=hv.probe, sleep=clock.sleep, **kw)
 
 
+def _record_exec(hv: FakeHypervisor) -> list[list[str]]:
+    """Every argv ``hv`` runs in a guest from now on, in order (the runs still happen)."""
+    seen: list[list[str]] = []
+    real = hv.exec_in_guest
+
+    def spy(name: str, argv: Sequence[str], *, timeout: float = 60.0) -> ExecResult:
+        seen.append(list(argv))
+        return real(name, argv, timeout=timeout)
+
+    hv.exec_in_guest = spy  # type: ignore[method-assign]
+    return seen
+
+
 def test_clone_writes_identity_on_the_stopped_disk_before_connecting_it(
     prof: Profile,
     running_prod: FakeHypervisor,
@@ -187,14 +200,7 @@ def test_identity_restart_services_takes_the_identity_in_place_without_a_reboot(
     the identity script restarts what holds the old identity, then the cable goes in."""
     hv = running_prod
     hv.edits_stopped_disks = False
-    seen: list[list[str]] = []
-    real = hv.exec_in_guest
-
-    def spy(name: str, argv: Sequence[str], *, timeout: float = 60.0) -> ExecResult:
-        seen.append(list(argv))
-        return real(name, argv, timeout=timeout)
-
-    hv.exec_in_guest = spy  # type: ignore[method-assign]
+    seen = _record_exec(hv)
     vbox = prof.lab.virtualbox.model_copy(update={"identity_restart": "services"})
     live = prof.model_copy(update={"lab": prof.lab.model_copy(update={"virtualbox": vbox})})
     assert _clone(live, hv, clock).created
@@ -254,14 +260,7 @@ def test_identity_configures_the_lab_interface(
 ) -> None:
     """The pair's interface (VirtualBox guests: eth0, enp0s3...); an nspawn pair without one:
     host0."""
-    seen: list[list[str]] = []
-    real = running_prod.exec_in_guest
-
-    def spy(name: str, argv: Sequence[str], *, timeout: float = 60.0) -> ExecResult:
-        seen.append(list(argv))
-        return real(name, argv, timeout=timeout)
-
-    running_prod.exec_in_guest = spy  # type: ignore[method-assign]
+    seen = _record_exec(running_prod)
     _clone(prof, running_prod, clock)
     identity = next(argv for argv in seen if len(argv) > 3 and argv[3] == "identity")
     assert identity[9:] == ["host0", ""]  # the interface; not live (nspawn edits the disk)

@@ -106,10 +106,10 @@ class Production:
     install_s: float  # registering this run's copy
 
 
-def production_recipe(host: VmHost, kernel: Path, disk: Path) -> dict[str, object]:
+def production_recipe(host: VmHost, iso: Path, image: Path) -> dict[str, object]:
     return {
-        "version": PRODUCTION_VERSION, "name": PROD, "kernel": kernel.parent.name,
-        "disk": disk.parent.name, "layers": [str(p) for p in host.run.build.layers],
+        "version": PRODUCTION_VERSION, "name": PROD, "kernel": iso.parent.name,
+        "disk": image.parent.name, "layers": [str(p) for p in host.run.build.layers],
         "sandbox": str(host.run.build.root), "address": host.address(PRODUCTION_ADDRESS),
         "settings": _vm_settings(PROD),
     }  # fmt: skip
