@@ -27,11 +27,13 @@ from labctl.hypervisor.vbox_common import (
     BASE_SNAPSHOT,
     LINK_KEY,
     SAVED_STATES,
+    SERIAL_PORTS,
     TAG_KEY,
     MediumFacts,
     disks_used_elsewhere,
     guest_argv,
     guest_credentials,
+    own_serial_log,
     refuse_if_disks_used_elsewhere,
     resolve_driver,
     start_blocker,
@@ -248,7 +250,8 @@ class PyVBoxHypervisor:
             ]
 
     def clone(self, source: str, target: str, *, linked: bool = False) -> None:
-        """IMachine.clone_to into a new machine with new MACs, tagged, cable disconnected.
+        """IMachine.clone_to into a new machine with new MACs, tagged, cable disconnected,
+        serial log files of its own.
 
         A linked clone is made from the snapshot ``labctl-base`` of the source, taken once
         when missing. Any failure unregisters and deletes what was created.
@@ -285,10 +288,20 @@ class PyVBoxHypervisor:
                     session.machine.set_extra_data(TAG_KEY, self.lab)
                     session.machine.set_extra_data(LINK_KEY, "off")
                     session.machine.get_network_adapter(self.nic - 1).cable_connected = False
+                    self._own_serial_logs(session.machine, source, target)
                     session.machine.save_settings()
         except OperationFailed:
             self._delete(target)
             raise
+
+    def _own_serial_logs(self, machine: Any, source: str, target: str) -> None:
+        """The clone's file-mode serial ports get files of their own (clone_to copies the
+        source's path: both machines would write one log)."""
+        raw_file = int(self._lib().PortMode.raw_file)
+        for slot in range(SERIAL_PORTS):
+            port = machine.get_serial_port(slot)
+            if port.enabled and int(port.host_mode) == raw_file and port.path:
+                port.path = own_serial_log(port.path, source, target)
 
     def _create_machine(self, name: str, like: Any) -> Any:
         """A new, unregistered machine named ``name`` with ``like``'s OS type."""

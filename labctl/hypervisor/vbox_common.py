@@ -54,6 +54,20 @@ def state_from_name(name: str, vm: str) -> MachineState:
     raise OperationFailed(f"{vm}: VirtualBox reports an unknown machine state {name!r}")
 
 
+# serial ports a machine has in every VirtualBox version (ISystemProperties.serialPortCount)
+SERIAL_PORTS = 4
+
+
+def own_serial_log(path: str, source: str, clone: str) -> str:
+    """The file a clone's serial port writes instead of its source's: clonevm copies the path,
+    so production and its standby would write one log. Beside the source's file, named for the
+    clone (``/logs/prod.log`` -> ``/logs/prod-standby.log``; a name without the source's gets
+    the clone's as a prefix)."""
+    cut = max(path.rfind("/"), path.rfind("\\")) + 1
+    folder, base = path[:cut], path[cut:]
+    return folder + (base.replace(source, clone, 1) if source in base else f"{clone}-{base}")
+
+
 def guest_argv(argv: Sequence[str]) -> list[str]:
     """What guest control runs for ``argv``: Guest Additions start only an absolute path
     (a bare ``true`` fails in the guest with VERR_FILE_NOT_FOUND), so a bare command name is

@@ -20,11 +20,13 @@ from labctl.hypervisor.vbox_common import (
     BASE_SNAPSHOT,
     LINK_KEY,
     SAVED_STATES,
+    SERIAL_PORTS,
     TAG_KEY,
     MediumFacts,
     disks_used_elsewhere,
     guest_argv,
     guest_credentials,
+    own_serial_log,
     refuse_if_disks_used_elsewhere,
     resolve_driver,
     start_blocker,
@@ -258,7 +260,8 @@ class VBoxManageHypervisor:
         missing (this adds a snapshot to the source VM; its disks and state are untouched).
         A source in saved state gives a clone in saved state (VirtualBox copies the memory
         image): that state is discarded, so the standby's first start is a cold boot and never
-        resumes production's running identity.
+        resumes production's running identity. A serial port logging to a file gets a file of
+        its own (clonevm copies production's path).
         """
         if self._info(target) is not None:
             raise OperationFailed(f"cannot clone onto {target!r}: a VM of that name exists")
@@ -278,14 +281,26 @@ class VBoxManageHypervisor:
             self._remove_partial(target)
             raise
         try:
-            if self._require(target).get("VMState") in SAVED_STATES:
+            info = self._require(target)
+            if info.get("VMState") in SAVED_STATES:
                 self._vbox("discardstate", target)
             self._vbox("setextradata", target, TAG_KEY, self.lab)
             self._vbox("setextradata", target, LINK_KEY, "off")
-            self._vbox("modifyvm", target, f"--cableconnected{self.nic}", "off")
+            self._vbox("modifyvm", target, f"--cableconnected{self.nic}", "off",
+                       *self._own_serial_logs(info, source, target))  # fmt: skip
         except OperationFailed:
             self._remove_partial(target)
             raise
+
+    @staticmethod
+    def _own_serial_logs(info: dict[str, str], source: str, target: str) -> Sequence[str]:
+        """modifyvm options giving the clone's file-mode serial ports files of their own."""
+        argv: Sequence[str] = ()
+        for slot in range(1, SERIAL_PORTS + 1):
+            mode, _, path = info.get(f"uartmode{slot}", "").partition(",")
+            if mode == "file" and path:
+                argv = (*argv, f"--uartmode{slot}", "file", own_serial_log(path, source, target))
+        return argv
 
     def _remove_partial(self, target: str) -> None:
         # Only called for a target this clone created (it did not exist before).

@@ -114,6 +114,12 @@ def showvminfo(world: World, args: list[str]) -> str:
             f'nictype{slot}="82540EM"',
             f'nicspeed{slot}="0"',
         ]
+    for slot in range(1, 5):
+        if str(slot) in vm.serial_files:  # real 7.2's lines for a UART writing a file
+            out += [f'uart{slot}="0x03f8,4"', f'uartmode{slot}="file,{vm.serial_files[str(slot)]}"',
+                    f'uarttype{slot}="16550A"']  # fmt: skip
+        else:
+            out.append(f'uart{slot}="off"')
     running = vm.state in {"running", "paused"}
     if running and vm.guest_additions:
         out += ["GuestAdditionsRunLevel=2", f'GuestAdditionsVersion="{vm.guest_additions}"']
@@ -284,10 +290,23 @@ def discardstate(world: World, args: list[str]) -> str:
 
 def modifyvm(world: World, args: list[str]) -> str:
     name, rest = args[0], args[1:]
-    if len(rest) != 2 or not rest[0].startswith("--cableconnected") or rest[1] not in ("on", "off"):
-        raise syntax("labctl's fake only supports modifyvm NAME --cableconnectedN on|off")
+    cables: list[tuple[str, bool]] = []
+    serials: list[tuple[str, str]] = []
+    while rest:
+        option = rest.pop(0)
+        if option.startswith("--cableconnected") and rest and rest[0] in ("on", "off"):
+            cables.append((option.removeprefix("--cableconnected"), rest.pop(0) == "on"))
+        elif option.startswith("--uartmode") and len(rest) >= 2 and rest[0] == "file":
+            serials.append((option.removeprefix("--uartmode"), rest[1]))
+            del rest[:2]
+        else:
+            raise syntax("labctl's fake only supports modifyvm NAME [--cableconnectedN on|off] "
+                         "[--uartmodeN file PATH]...")  # fmt: skip
     try:
-        world.set_saved_cable(name, rest[0].removeprefix("--cableconnected"), rest[1] == "on")
+        for slot, connected in cables:
+            world.set_saved_cable(name, slot, connected)
+        for slot, path in serials:
+            world.set_serial_file(name, slot, path)
     except NotFound:
         raise not_found(name, "VBoxManageModifyVM.cpp") from None
     except Locked as exc:

@@ -115,6 +115,11 @@ def _library() -> types.ModuleType:
         [("Null", "null", 0), ("Floppy", "floppy", 1), ("DVD", "dvd", 2),
          ("HardDisk", "hard_disk", 3)],
     )  # fmt: skip
+    lib.PortMode = _enum(  # type: ignore[attr-defined]
+        "PortMode",
+        [("Disconnected", "disconnected", 0), ("HostPipe", "host_pipe", 1),
+         ("HostDevice", "host_device", 2), ("RawFile", "raw_file", 3), ("TCP", "tcp", 4)],
+    )  # fmt: skip
     lib.CloneMode = _enum(  # type: ignore[attr-defined]
         "CloneMode",
         [
@@ -376,6 +381,32 @@ class FakeAdapter:
             self._api.world.set_live_cable(self._machine, self._slot, value)
 
 
+class FakeSerialPort:
+    """ISerialPort; the fake models file-mode ports only (``Vm.serial_files``)."""
+
+    def __init__(self, machine: FakeMachine, slot: int) -> None:
+        self._machine, self._slot = machine, str(slot + 1)
+
+    @property
+    def enabled(self) -> bool:
+        return self._slot in self._machine._vm().serial_files
+
+    @property
+    def host_mode(self) -> _Enum:
+        raw_file = 3 if self.enabled else 0
+        return self._machine._api.lib.PortMode(raw_file)  # type: ignore[no-any-return]
+
+    @property
+    def path(self) -> str:
+        return self._machine._vm().serial_files.get(self._slot, "")
+
+    @path.setter
+    def path(self, value: str) -> None:
+        if not self._machine._mutable:  # real: settings change only through a session
+            raise self._machine._api.error("VBoxErrorInvalidVmState", "The machine is not mutable")
+        self._machine._api.world.set_serial_file(self._machine.name, self._slot, value)
+
+
 class FakeSnapshot:
     def __init__(self, machine: FakeMachine, name: str) -> None:
         self.machine = machine
@@ -422,6 +453,10 @@ class FakeMachine:
     def get_network_adapter(self, slot: int) -> FakeAdapter:
         self._vm()
         return FakeAdapter(self._api, self.name, slot)
+
+    def get_serial_port(self, slot: int) -> FakeSerialPort:
+        self._vm()
+        return FakeSerialPort(self, slot)
 
     def get_extra_data(self, key: str) -> str:
         return self._vm().extradata.get(key, "")

@@ -92,6 +92,7 @@ class Vm:
         guest_service_up: bool = True,
         acpi_pending: int = -1,  # reads left until an ACPI shutdown completes; -1 = none
         description: str = "",
+        serial_files: dict[str, str] | None = None,  # "1".."4" -> the file a UART writes
     ) -> None:
         self.name = name
         self.uuid = uuid
@@ -107,6 +108,7 @@ class Vm:
         self.guest_service_up = guest_service_up
         self.acpi_pending = acpi_pending
         self.description = description
+        self.serial_files = serial_files if serial_files is not None else {}
 
     def to_json(self) -> dict[str, Any]:
         data = dict(vars(self))
@@ -232,6 +234,7 @@ class World:
             guest_additions=src.guest_additions,
             guest_accounts=dict(src.guest_accounts),
             description=src.description,
+            serial_files=dict(src.serial_files),  # real 7.2: clonevm copies the paths
             # real 7.2: a clone of a saved machine (or of a snapshot taken while it was saved)
             # gets the memory image too; starting it would resume the source's running state
             state="saved" if src.state == "saved" else "poweroff",
@@ -303,6 +306,14 @@ class World:
         self.maybe_fail("modifyvm")
         nic = vm.nics.setdefault(slot, Nic(attachment="null", mac=self._new_mac()))
         nic.cable = nic.live_cable = connected
+
+    def set_serial_file(self, name: str, slot: str, path: str) -> None:
+        vm = self.find(name)
+        if vm.state not in STOPPED_STATES:
+            raise Locked(
+                f"The machine '{name}' is already locked for a session (or being unlocked)"
+            )
+        vm.serial_files[slot] = path
 
     def set_extradata(self, name: str, key: str, value: str | None) -> None:
         self.maybe_fail("setextradata")

@@ -177,6 +177,16 @@ def test_a_clone_of_a_saved_production_boots_cold(world: World, linked: bool) ->
     assert world.find("prod").state == "saved"  # production untouched
 
 
+def test_a_clone_gets_serial_log_files_of_its_own(world: World) -> None:
+    """clone_to copies a file-mode UART's path: both machines would write one log."""
+    world.find("prod").serial_files.update({"1": "/logs/prod.log", "3": "C:\\logs\\com.txt"})
+    backend().clone("prod", "standby")
+    assert world.find("standby").serial_files == {
+        "1": "/logs/standby.log", "3": "C:\\logs\\standby-com.txt",
+    }  # fmt: skip
+    assert world.find("prod").serial_files["1"] == "/logs/prod.log"
+
+
 def test_exec_of_a_bare_command_name_runs_it_from_the_guests_path(world: World) -> None:
     """Guest Additions start absolute paths only (VERR_FILE_NOT_FOUND for ``true``)."""
     hv = backend()

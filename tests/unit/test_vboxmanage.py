@@ -164,6 +164,19 @@ def test_a_clone_of_a_saved_production_boots_cold(host: FakeHost, linked: bool) 
     assert ["discardstate", "standby"] in host.calls()
 
 
+def test_a_clone_gets_serial_log_files_of_its_own(host: FakeHost) -> None:
+    """clonevm copies a file-mode UART's path: both machines would write one log."""
+    logs = {"1": "/logs/prod.log", "2": "/logs/console.txt"}
+    host.edit(lambda w: w.find("prod").serial_files.update(logs))
+    backend().clone("prod", "standby", linked=True)
+    assert host.world().find("standby").serial_files == {
+        "1": "/logs/standby.log", "2": "/logs/standby-console.txt",
+    }  # fmt: skip
+    assert host.world().find("prod").serial_files == logs
+    (modify,) = [c for c in host.calls() if c[:1] == ["modifyvm"]]  # one settings change
+    assert modify[2:4] == ["--cableconnected1", "off"]
+
+
 def test_clone_failing_half_way_leaves_no_target(host: FakeHost) -> None:
     host.edit(lambda w: w.fail.update(modifyvm="settings file is read-only"))
     with pytest.raises(LabctlError) as failure:

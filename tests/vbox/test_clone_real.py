@@ -104,3 +104,18 @@ def test_labctl_up_refuses_when_vms_cannot_start(driver: Driver) -> None:
     assert done.returncode == 4, done.stderr
     assert "kernel driver" in done.stderr and "Traceback" not in done.stderr
     assert driver.vms.info("prod")["VMState"] == "poweroff"
+
+
+def test_clone_gives_the_standby_its_own_serial_log_file(driver: Driver) -> None:
+    """clonevm copies the UART's file path: production and its standby would write one serial
+    log. labctl points the clone's at a file of its own, beside production's (which is kept)."""
+    serial = driver.run.host_path("/root/serial")
+    serial.mkdir(exist_ok=True)
+    driver.vms.create("prod", nic=(*TWO_NICS, "--uart1", "0x3F8", "4",
+                                   "--uart-mode1", "file", "/root/serial/prod.log"))  # fmt: skip
+
+    driver.hv.clone("prod", "prod-standby", linked=True)
+
+    assert driver.vms.info("prod")["uartmode1"] == "file,/root/serial/prod.log"
+    assert driver.vms.info("prod-standby")["uartmode1"] == "file,/root/serial/prod-standby.log"
+    assert driver.vms.info("prod-standby")["uart1"] == driver.vms.info("prod")["uart1"]
