@@ -98,7 +98,8 @@ def main(argv: list[str]) -> int:
         time.sleep(0.25)
     frontend.kill()
     return fail(f"The virtual machine '{name}' did not reach Running within "
-                f"{START_SECONDS:g} s (driverless frontend, see {LOGS}/{name}.log)")
+                f"{START_SECONDS:g} s (last state: {state}; driverless frontend, see "
+                f"{LOGS}/{name}.log)")  # fmt: skip
 
 
 if __name__ == "__main__":

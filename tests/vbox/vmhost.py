@@ -17,12 +17,13 @@ import contextlib
 import ipaddress
 import os
 import shlex
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.vbox.driverless_start import ENV_FILE
+from tests.vbox.driverless_start import ENV_FILE, LOGS
 from tests.vbox.sandbox import _PATH, SRC, VBOX_HOME, VBOXMANAGE, SandboxError, SandboxRun
 
 SWITCH = "/run/labctl-vde"  # sandbox path of the switch's control directory
@@ -120,6 +121,17 @@ class VmHost:
         deadline = time.monotonic() + 60
         while self.running_vms() and time.monotonic() < deadline:
             time.sleep(0.5)
+
+    def keep_logs(self, dest: Path) -> None:
+        """Copy the run's VM logs (each machine's ``Logs/VBox.log*``, each driverless frontend's
+        log) to ``dest``, replacing what an earlier run left there: the run's root, and with it
+        the machine folders, is deleted at the end."""
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        for log in self.run.host_path(f"{VBOX_HOME}/machines").glob("*/Logs/VBox.log*"):
+            shutil.copy2(log, dest / f"{log.parent.parent.name}-{log.name}")
+        for log in self.run.host_path(LOGS).glob("*.log"):
+            shutil.copy2(log, dest / f"{log.stem}-frontend.log")
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

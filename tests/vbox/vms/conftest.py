@@ -4,7 +4,8 @@
 ISO) and guest disk image (all cached, built on first use, the kernel and the disk at once; a
 failed build FAILS the tier, never skips it), the run's private subnet, Xvfb, the VDE switch and
 tap, the driverless VBoxManage wrapper. At the end every VM of the run is powered off,
-unregistered and deleted and every process, mount and the tap removed.
+unregistered and deleted and every process, mount and the tap removed; the VMs' logs are copied
+to ``$LABCTL_VBOX_LOGS`` (default /var/tmp/labctl-vbox-logs, the last run's only) first.
 ``guest`` (session) -> :class:`GuestArtifacts`: what was built and how long it took.
 ``lab`` (session) -> :class:`Lab`: the production VM ``prod-back`` (the user's configured
 machine, in a saved state: booted once per recipe and cached) and the labctl profiles for it
@@ -34,6 +35,8 @@ from tests.vbox.sandbox import SandboxError, SandboxRun, ensure_sandbox, ensure_
 from tests.vbox.vmhost import VmHost
 from tests.vbox.vms.machines import FIGURES, VM_SUBNET, Lab, ensure_production, write_profile
 
+# the last run's VM logs (VBox.log, the driverless frontends'), kept for diagnosis
+LOGS_KEPT = Path(os.environ.get("LABCTL_VBOX_LOGS", "/var/tmp/labctl-vbox-logs"))
 REQUIRED = ("debootstrap", "chroot", "mount", "umount", "mkfs.ext4", "debugfs", "ip",
             "ssh-keygen")  # fmt: skip
 
@@ -77,6 +80,7 @@ def vm_host() -> Iterator[VmHost]:
                 yield host
             finally:
                 host.power_off_all()
+                host.keep_logs(LOGS_KEPT)
                 for name in registered_vms(run):  # clones first: they hold the base's disk
                     tag = run.manage("getextradata", name, "labctl/lab").stdout.strip()
                     if tag != "No value set!":
