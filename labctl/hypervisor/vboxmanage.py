@@ -117,6 +117,16 @@ def parse_mediuminfo(text: str) -> MediumFacts:
     )
 
 
+def _own_serial_logs(info: dict[str, str], source: str, target: str) -> list[str]:
+    """modifyvm options giving a clone's file-mode serial ports files of their own."""
+    argv: list[str] = []
+    for slot in range(1, SERIAL_PORTS + 1):
+        mode, _, path = info.get(f"uartmode{slot}", "").partition(",")
+        if mode == "file" and path:
+            argv += [f"--uartmode{slot}", "file", own_serial_log(path, source, target)]
+    return argv
+
+
 def parse_machinereadable(text: str) -> dict[str, str]:
     """Parse ``showvminfo --machinereadable`` output: ``key="value"`` or ``key=value`` lines.
 
@@ -287,20 +297,10 @@ class VBoxManageHypervisor:
             self._vbox("setextradata", target, TAG_KEY, self.lab)
             self._vbox("setextradata", target, LINK_KEY, "off")
             self._vbox("modifyvm", target, f"--cableconnected{self.nic}", "off",
-                       *self._own_serial_logs(info, source, target))  # fmt: skip
+                       *_own_serial_logs(info, source, target))  # fmt: skip
         except OperationFailed:
             self._remove_partial(target)
             raise
-
-    @staticmethod
-    def _own_serial_logs(info: dict[str, str], source: str, target: str) -> Sequence[str]:
-        """modifyvm options giving the clone's file-mode serial ports files of their own."""
-        argv: Sequence[str] = ()
-        for slot in range(1, SERIAL_PORTS + 1):
-            mode, _, path = info.get(f"uartmode{slot}", "").partition(",")
-            if mode == "file" and path:
-                argv = (*argv, f"--uartmode{slot}", "file", own_serial_log(path, source, target))
-        return argv
 
     def _remove_partial(self, target: str) -> None:
         # Only called for a target this clone created (it did not exist before).

@@ -17,6 +17,7 @@ Figures measured by the tests (``FIGURES``) are written to ``$LABCTL_VM_FIGURES`
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import shutil
@@ -80,7 +81,8 @@ def vm_host() -> Iterator[VmHost]:
                 yield host
             finally:
                 host.power_off_all()
-                host.keep_logs(LOGS_KEPT)
+                with contextlib.suppress(OSError):  # diagnosis only: never blocks clean-up
+                    host.keep_logs(LOGS_KEPT)
                 for name in registered_vms(run):  # clones first: they hold the base's disk
                     tag = run.manage("getextradata", name, "labctl/lab").stdout.strip()
                     if tag != "No value set!":
