@@ -362,13 +362,19 @@ class Timeouts(BaseModel):
         "open; a loaded or interpreted guest needs minutes",
     )
 
+    check: float | None = Field(
+        None,
+        description="seconds verify and failover give one node to answer (an SSH login, the "
+        "state probe, the VIP's host key); unset: 3 s to log in, 5 s for the probe, 2 s for "
+        "the host key, right for guests on this host; an interpreted guest needs a minute",
+    )
     stop: float = Field(
         60.0,
         description="seconds a machine labctl restarts has to shut down gracefully before it "
         "is powered off (its disk is synced first)",
     )
 
-    @field_validator("connect", "boot", "command", "guest", "stop", mode="before")
+    @field_validator("connect", "boot", "command", "guest", "check", "stop", mode="before")
     @classmethod
     def _seconds(cls, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -45,7 +45,7 @@ def apply_cmd(state: State, pairs: tuple[str, ...], wait: float, as_json: bool) 
     prof = state.profile(check_env=True)
     prof.check_pairs(pairs)
     hv = hypervisor_for(prof)
-    connect = checks._node_connector(prof, deadline=checks.VERIFY_CONNECT_DEADLINE)
+    connect = checks._check_connector(prof)
     from labctl.cli.progress import machine_lines
 
     lines = machine_lines([n for n, _a, _r in prof.all_nodes()], quiet=as_json)

@@ -54,9 +54,9 @@ EvidenceOpt = click.option(
     "the result) per pair into DIR.",
 )
 
-# A verify attempt gives an unreachable node only this long: it is then UNKNOWN (exit 5);
-# --wait retries the whole check.
-VERIFY_CONNECT_DEADLINE = 3.0
+# A drill replaces a lost connection only if the node answers within this long (unset
+# timeouts.check): a frozen node must not stall the polling.
+DRILL_RECONNECT_DEADLINE = 2.0
 
 
 def _node_connector(prof: Profile, *, deadline: float) -> Callable[[Node], Remote]:
@@ -77,6 +77,14 @@ def _node_connector(prof: Profile, *, deadline: float) -> Callable[[Node], Remot
         return remote
 
     return open_node
+
+
+def _check_connector(prof: Profile) -> Callable[[Node], Remote]:
+    """The connections of one verify attempt: a node that does not answer within the check's
+    login deadline is UNKNOWN (exit 5), and --wait retries the whole check."""
+    from labctl.ops.verify import CheckDeadlines
+
+    return _node_connector(prof, deadline=CheckDeadlines.of(prof).login)
 
 
 def _vip_host_key(host: str, port: int, timeout: float) -> HostKey:
@@ -174,7 +182,7 @@ def verify_cmd(
     prof.check_pairs(pairs)
     if evidence is not None:
         evidence_op.prepare(evidence)
-    connect = _node_connector(prof, deadline=VERIFY_CONNECT_DEADLINE)
+    connect = _check_connector(prof)
     report = verify_op.verify(
         prof,
         pairs,
@@ -350,7 +358,7 @@ def failover_cmd(
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     remotes = _connect_nodes(prof, nodes)
     by_name = {n.name: n for n in nodes}
-    reopen = _node_connector(prof, deadline=2.0)
+    reopen = _node_connector(prof, deadline=prof.timeouts.check or DRILL_RECONNECT_DEADLINE)
     interval, inflight = drill_op.poll_plan(prof.pair(pair).advert_int)
     try:
         drill = drill_op.Drill(

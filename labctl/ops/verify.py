@@ -92,8 +92,25 @@ from labctl.remote import Remote
 
 log = logging.getLogger(__name__)
 
+LOGIN_TIMEOUT = 3.0
 PROBE_TIMEOUT = 5.0
 DATA_PATH_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class CheckDeadlines:
+    """How long one verify attempt gives a node: to log in, to run the state probe, and the
+    VIP to show its SSH host key. Short by default (a node that does not answer is UNKNOWN and
+    --wait retries); ``timeouts.check`` in the profile sets all three for slow guests."""
+
+    login: float = LOGIN_TIMEOUT
+    probe: float = PROBE_TIMEOUT
+    host_key: float = DATA_PATH_TIMEOUT
+
+    @classmethod
+    def of(cls, profile: Profile) -> CheckDeadlines:
+        seconds = profile.timeouts.check
+        return cls() if seconds is None else cls(seconds, seconds, seconds)
 WAIT_INTERVAL = 0.5
 
 # Errors that mean "this machine did not answer" rather than a bug in labctl.
@@ -494,8 +511,7 @@ class Verifier:
     pairs: Sequence[str]
     connect: Connect
     host_key_reader: HostKeyReader = ssh_host_key
-    probe_timeout: float = PROBE_TIMEOUT
-    data_path_timeout: float = DATA_PATH_TIMEOUT
+    deadlines: CheckDeadlines = CheckDeadlines()
     conditions: Callable[[Sequence[str]], Mapping[str, MachineCondition]] | None = None
     remotes: dict[str, Remote] = field(default_factory=dict)
 
@@ -518,7 +534,7 @@ class Verifier:
             except UNREACHABLE_ERRORS as exc:
                 return NodeView(node, reachable=False, error=describe_error(exc))
             self.remotes[node.name] = remote
-        view = read_node(remote, node, ka.instance_name(node.pair), timeout=self.probe_timeout)
+        view = read_node(remote, node, ka.instance_name(node.pair), timeout=self.deadlines.probe)
         if not view.reachable:
             # a dead connection is reopened on the next attempt
             self.remotes.pop(node.name, None)
@@ -540,7 +556,7 @@ class Verifier:
             view_futures = {n.name: pool.submit(self._view, n, conds.get(n.name)) for n in nodes}
             path_futures = {
                 (p, v): pool.submit(
-                    read_data_path, v, port, self.host_key_reader, self.data_path_timeout
+                    read_data_path, v, port, self.host_key_reader, self.deadlines.host_key
                 )
                 for p, v in vips
             }
@@ -592,7 +608,7 @@ def verify(
     host_key_reader: HostKeyReader = ssh_host_key,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
-    probe_timeout: float = PROBE_TIMEOUT,
+    deadlines: CheckDeadlines | None = None,
     hypervisor: Hypervisor | None = None,
 ) -> VerifyReport:
     """Verify the named pairs (every pair when empty); with ``wait`` > 0, retry until all OK.
@@ -617,7 +633,7 @@ def verify(
         names,
         connect,
         host_key_reader=host_key_reader,
-        probe_timeout=probe_timeout,
+        deadlines=deadlines or CheckDeadlines.of(profile),
         conditions=conditions,
     )
     attempts = 0

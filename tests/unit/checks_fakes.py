@@ -101,6 +101,7 @@ class FakeMachine:
     tap: list[tuple[str, str, int]] = field(default_factory=list)  # VRRP seen: src, dst, count
     journal: list[tuple[int, str]] = field(default_factory=list)  # (realtime usec, message)
     commands: list[tuple[str, ...]] = field(default_factory=list)
+    timeouts: list[float | None] = field(default_factory=list)  # of each command, in order
     on_command: Callable[[tuple[str, ...]], None] | None = None
     has_nft: bool = False
     commands_failing: set[str] = field(default_factory=set)  # argv[0]s that exit 1
@@ -144,6 +145,7 @@ class FakeRemote:
         m = self.machine
         cmd = tuple(argv)
         m.commands.append(cmd)
+        m.timeouts.append(timeout)
         if m.on_command is not None:
             m.on_command(cmd)
         if not m.reachable:

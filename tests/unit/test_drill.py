@@ -584,3 +584,38 @@ def test_recovery_reconnects_rather_than_leave_the_fault_in_place(profile: Profi
     report = d.run(1)
     assert report.ok, report.all_problems()
     assert ("systemctl", "start", "keepalived") in world.primary.commands
+
+
+def test_poller_gives_a_slow_guest_three_of_its_round_trips_before_calling_it_silent() -> None:
+    """An interpreted VirtualBox guest answers a probe in ~0.6 s: slow, not silent. Only a
+    silence of three of its own round trips is sampled as unreachable."""
+    from concurrent.futures import Future
+
+    clock = FakeClock()
+    pending: list[tuple[Future[drill_op.ProbeOutcome], float]] = []
+
+    class Deferred(SyncExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            future: Future[drill_op.ProbeOutcome] = Future()
+            pending.append((future, clock()))
+            return future
+
+    poller = drill_op.Poller({"a": lambda: True}, clock, Deferred(), interval=0.02, max_inflight=1)
+    assert poller.stale_time("a") == drill_op.STALE_AFTER  # nothing known yet
+    for _ in range(20):  # twenty answers, 0.6 s each
+        poller.tick()
+        future, started = pending.pop()
+        clock.sleep(0.6)
+        future.set_result((started, clock(), True, None))
+    poller.tick()
+    assert poller.stale_time("a") == pytest.approx(1.8)
+    assert all(s.holds is True for s in poller.samples)  # never sampled as silent
+    # the first answer, before its pace was known, is stamped at its end; later ones mid-way
+    assert [round(s.t, 3) for s in poller.samples[:2]] == [1000.6, 1000.9]
+    clock.sleep(1.7)  # a probe outstanding, no answer for 1.7 s: still only slow
+    poller.tick()
+    assert poller.latest("a").holds is True  # type: ignore[union-attr]
+    clock.sleep(0.2)
+    poller.tick()
+    latest = poller.latest("a")
+    assert latest is not None and latest.holds is None and "no answer" in str(latest.error)

@@ -225,6 +225,12 @@ CASES: list[tuple[str, str, str, list[str]]] = [
         ["pairs.back.advert_int: must be 0.01..255 seconds"],
     ),
     (
+        "check deadline not positive",
+        'backend = "virtualbox"\n',
+        'backend = "virtualbox"\n[timeouts]\ncheck = 0\n',
+        ["timeouts.check: must be a number of seconds, 0 < s <= 86400"],
+    ),
+    (
         "backend unknown",
         'backend = "virtualbox"',
         'backend = "vmware"',

@@ -52,11 +52,15 @@ class World:
         self.clock = FakeClock()
         self.deadline: float | None = None  # shorter drill deadlines
         self.stuck = False  # the standby never gives the VIP back
+        self.deadlines: list[float] = []  # given to each connector
+        self.key_timeouts: list[float] = []  # given to each VIP host-key read
 
     def machine(self, name: str) -> FakeMachine:
         return self.primary if name == "prod-back" else self.standby
 
     def connector(self, prof: Profile, *, deadline: float) -> Callable[[Node], Remote]:
+        self.deadlines.append(deadline)
+
         def connect(node: Node) -> Remote:
             self.connected.append(node.name)
             if node.name in self.down:
@@ -66,6 +70,7 @@ class World:
         return connect
 
     def host_key(self, ip: str, port: int, timeout: float) -> HostKey:
+        self.key_timeouts.append(timeout)
         if self.answers is None:
             raise OSError("timed out")
         return HostKey(*HOST_KEYS[self.answers])
@@ -136,6 +141,30 @@ def test_verify_unreachable_node_exits_5(
     document = json.loads(result.out)
     assert document["exit_code"] == 5 and document["pairs"][0]["verdict"] == "UNKNOWN"
     assert "prod-back: UNREACHABLE" in cli("-p", profile_path, "verify").out
+
+
+@pytest.mark.parametrize(
+    ("timeouts", "login", "probe", "host_key"),
+    [("", 3.0, 5.0, 2.0), ("[timeouts]\ncheck = 90\n", 90.0, 90.0, 90.0)],
+    ids=["defaults", "timeouts.check"],
+)
+def test_verify_gives_each_node_the_profiles_check_deadlines(
+    world: World,
+    write_profile: Callable[[str], Path],
+    cli: Callable[..., CliResult],
+    timeouts: str,
+    login: float,
+    probe: float,
+    host_key: float,
+) -> None:
+    """A slow guest (an interpreted VirtualBox VM logs in in 10-15 s) needs longer than a
+    guest on this host: ``timeouts.check`` sets the login, the probe and the host-key read."""
+    path = write_profile(PROFILE + timeouts)
+    result = cli("-p", str(path), "verify")
+    assert result.code == 0, result.err
+    assert world.deadlines == [login]
+    assert world.primary.timeouts == [probe] and world.standby.timeouts == [probe]
+    assert world.key_timeouts == [host_key]
 
 
 def test_verify_unknown_pair_is_a_usage_error(

@@ -18,6 +18,9 @@ MAX_INFLIGHT = 2
 STALE_AFTER = 0.5
 FAST_POLL_INTERVAL = 0.0125  # for sub-second adverts (VRRPv3)
 PROBE_ROUND_TRIP = 0.05  # about what one SSH exec of `ip -o addr` takes to a lab guest
+# a node is silent after this many of its own usual round trips (never sooner than STALE_AFTER):
+# an interpreted VirtualBox guest answers a probe in ~0.6 s, a guest on this host in ~0.05 s
+STALE_ROUND_TRIPS = 3
 
 
 def poll_plan(advert_int: float) -> tuple[float, int]:
@@ -59,9 +62,11 @@ class Poller:
 
     An SSH exec round trip (~40-50 ms to a guest's sshd) is longer than the interval, so up to
     ``max_inflight`` probes per node overlap; each sample is stamped with the middle of its
-    round trip. An answer that took longer than ``stale_after`` is stamped with its end instead:
-    it may have waited out a freeze, and what it shows is the state after it. A node that has
-    not answered for ``stale_after`` while a probe is outstanding is sampled as unreachable.
+    round trip. An answer that took longer than the node's stale time is stamped with its end
+    instead: it may have waited out a freeze, and what it shows is the state after it. A node
+    that has not answered for its stale time while a probe is outstanding is sampled as
+    unreachable. The stale time is ``stale_after``, or STALE_ROUND_TRIPS of the node's median
+    round trip when that is longer (a slow guest is slow, not silent).
     """
 
     probes: Mapping[str, Callable[[], bool]]
@@ -99,15 +104,16 @@ class Poller:
             for item in [i for i in ch.inflight if i[1].done()]:
                 ch.inflight.remove(item)
                 start, end, holds, error = item[1].result()
-                slow = end - start > self.stale_after
+                slow = end - start > self.stale_time(ch.name)
                 ch.last_answer = max(ch.last_answer, end)
-                if holds is not None and not slow:
+                if holds is not None:
                     self.round_trips.setdefault(ch.name, []).append(end - start)
                 self._add(Sample(end if slow else (start + end) / 2, ch.name, holds, error))
             oldest = min((started for started, _ in ch.inflight), default=now)
+            stale = self.stale_time(ch.name)
             if (
-                now - oldest >= self.stale_after
-                and now - ch.last_answer >= self.stale_after
+                now - oldest >= stale
+                and now - ch.last_answer >= stale
                 and now - ch.stale_reported >= self.interval
             ):
                 waited = now - oldest
@@ -117,8 +123,14 @@ class Poller:
                 ch.next_due = now + self.interval
                 ch.inflight.append((now, self.executor.submit(self._run, ch.probe)))
 
+    def stale_time(self, name: str) -> float:
+        """How long the node may take to answer before it counts as not answering."""
+        rtt = self.round_trip(name)
+        return self.stale_after if rtt is None else max(self.stale_after, STALE_ROUND_TRIPS * rtt)
+
     def round_trip(self, name: str) -> float | None:
-        """Median round trip of the node's recent answered probes (None before any answer)."""
+        """Median round trip of the node's recent answered probes (None before any answer; an
+        answer that waited out a freeze is one long outlier among them)."""
         recent = self.round_trips.get(name, [])[-20:]
         return statistics.median(recent) if recent else None
 

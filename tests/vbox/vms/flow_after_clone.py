@@ -112,7 +112,7 @@ def test_virtualbox_real_vms_provision_then_verify_puts_the_vip_on_the_primary(
     FIGURES["provision_s"] = time.monotonic() - started
     assert done.returncode == 0, done.stdout + done.stderr
     started = time.monotonic()
-    done = labctl(vm_host, lab.profile_inside, "verify", "--wait", "120", "--json")
+    done = labctl(vm_host, lab.profile_inside, "verify", "--wait", "300", "--json")
     FIGURES["verify_s"] = time.monotonic() - started
     assert done.returncode == 0, done.stdout + done.stderr
     (pair,) = json.loads(done.stdout)["pairs"]

@@ -29,7 +29,10 @@ PROD = "prod-back"
 STANDBY = "prod-back-standby"
 FIGURES: dict[str, float] = {}  # bench/vbox_real_vms.py prints them (LABCTL_VM_FIGURES)
 # deadlines of an interpreted host (~8 M guest instructions/s): systemd guests take ~10 min
-TIMEOUTS = {"connect": 120.0, "boot": 1800.0, "command": 1200.0, "guest": 600.0, "stop": 30.0}
+TIMEOUTS = {
+    "connect": 120.0, "boot": 1800.0, "command": 1200.0, "guest": 600.0, "stop": 30.0,
+    "check": 60.0,  # an interpreted guest logs in in 10-15 s, two at once slower
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
