@@ -619,3 +619,35 @@ def test_poller_gives_a_slow_guest_three_of_its_round_trips_before_calling_it_si
     poller.tick()
     latest = poller.latest("a")
     assert latest is not None and latest.holds is None and "no answer" in str(latest.error)
+
+
+def test_poller_keeps_one_probe_in_flight_to_a_slow_guest() -> None:
+    """Two overlapping probes of a guest answering in 0.6 s come back together: no finer
+    samples, only twice the load. Once its pace is known, it gets one probe at a time."""
+    from concurrent.futures import Future
+
+    clock = FakeClock()
+    pending: list[tuple[Future[drill_op.ProbeOutcome], float]] = []
+
+    class Deferred(SyncExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            future: Future[drill_op.ProbeOutcome] = Future()
+            pending.append((future, clock()))
+            return future
+
+    poller = drill_op.Poller({"a": lambda: True}, clock, Deferred(), interval=0.02)
+    poller.tick()
+    clock.sleep(0.02)
+    poller.tick()
+    assert len(pending) == drill_op.MAX_INFLIGHT  # its pace is not known yet
+    clock.sleep(0.6)
+    for future, started in pending:
+        future.set_result((started, clock(), True, None))
+    pending.clear()
+    for _ in range(10):
+        poller.tick()
+        clock.sleep(0.02)
+    assert poller.inflight_limit("a") == 1 and len(pending) == 1
+    fast = drill_op.Poller({"b": lambda: True}, clock, Deferred(), interval=0.02)
+    fast.round_trips["b"] = [0.04]  # a guest on this host
+    assert fast.inflight_limit("b") == drill_op.MAX_INFLIGHT

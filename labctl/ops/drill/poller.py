@@ -66,7 +66,8 @@ class Poller:
     instead: it may have waited out a freeze, and what it shows is the state after it. A node
     that has not answered for its stale time while a probe is outstanding is sampled as
     unreachable. The stale time is ``stale_after``, or STALE_ROUND_TRIPS of the node's median
-    round trip when that is longer (a slow guest is slow, not silent).
+    round trip when that is longer (a slow guest is slow, not silent); a slow node gets one
+    probe at a time.
     """
 
     probes: Mapping[str, Callable[[], bool]]
@@ -119,9 +120,17 @@ class Poller:
                 waited = now - oldest
                 self._add(Sample(now, ch.name, None, f"no answer for {waited:.2f} s"))
                 ch.stale_reported = now
-            if len(ch.inflight) < self.max_inflight and now >= ch.next_due:
+            if len(ch.inflight) < self.inflight_limit(ch.name) and now >= ch.next_due:
                 ch.next_due = now + self.interval
                 ch.inflight.append((now, self.executor.submit(self._run, ch.probe)))
+
+    def inflight_limit(self, name: str) -> int:
+        """Probes of the node allowed in flight at once: ``max_inflight``, but one for a slow
+        node (median round trip over ``stale_after``). Overlapping probes of a slow guest come
+        back together, so they add no resolution, only load: an interpreted guest answering
+        two at once takes twice as long, and its silences are noticed later."""
+        rtt = self.round_trip(name)
+        return 1 if rtt is not None and rtt > self.stale_after else self.max_inflight
 
     def stale_time(self, name: str) -> float:
         """How long the node may take to answer before it counts as not answering."""

@@ -34,7 +34,14 @@ from tests.vbox.guest_disk import DiskImage, ensure_disk_image
 from tests.vbox.guest_kernel import Kernel, ensure_kernel
 from tests.vbox.sandbox import SandboxError, SandboxRun, ensure_sandbox, ensure_vm_layer
 from tests.vbox.vmhost import VmHost
-from tests.vbox.vms.machines import FIGURES, VM_SUBNET, Lab, ensure_production, write_profile
+from tests.vbox.vms.machines import (
+    FIGURES,
+    REPORTS,
+    VM_SUBNET,
+    Lab,
+    ensure_production,
+    write_profile,
+)
 
 # the last run's VM logs (VBox.log, the driverless frontends'), kept for diagnosis
 LOGS_KEPT = Path(os.environ.get("LABCTL_VBOX_LOGS", "/var/tmp/labctl-vbox-logs"))
@@ -83,6 +90,7 @@ def vm_host() -> Iterator[VmHost]:
                 host.power_off_all()
                 with contextlib.suppress(OSError):  # diagnosis only: never blocks clean-up
                     host.keep_logs(LOGS_KEPT)
+                    (LOGS_KEPT / "reports.json").write_text(json.dumps(REPORTS, indent=1) + "\n")
                 for name in registered_vms(run):  # clones first: they hold the base's disk
                     tag = run.manage("getextradata", name, "labctl/lab").stdout.strip()
                     if tag != "No value set!":

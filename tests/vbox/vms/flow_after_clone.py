@@ -25,7 +25,17 @@ import pytest
 
 from tests.vbox.sandbox import VBOX_HOME
 from tests.vbox.vmhost import VmHost
-from tests.vbox.vms.machines import FIGURES, PROD, STANDBY, Lab, host_key, labctl_env, sh, ssh
+from tests.vbox.vms.machines import (
+    FIGURES,
+    PROD,
+    REPORTS,
+    STANDBY,
+    Lab,
+    host_key,
+    labctl_env,
+    sh,
+    ssh,
+)
 from tests.vbox.vms.test_e2e_real_vms import PAIR, labctl, vbox_log, vminfo
 
 
@@ -132,6 +142,8 @@ def drill(host: VmHost, profile: str, fault: str) -> dict[str, Any]:
     started = time.monotonic()
     done = labctl(host, profile, "failover", PAIR, "--fault", fault, "--json")
     report: dict[str, Any] = json.loads(done.stdout)
+    driver = "vboxmanage" if profile.endswith("vboxmanage.toml") else "pyvbox"
+    REPORTS[f"failover_{fault}_{driver}"] = report  # the samples, for a failure's diagnosis
     assert done.returncode == 0, (report["problems"], done.stderr)
     assert report["ok"] and report["final_holders"] == [PROD]
     assert len(report["trials"]) == 1
@@ -143,8 +155,7 @@ def drill(host: VmHost, profile: str, fault: str) -> dict[str, Any]:
     # the frozen / unplugged primary could not be asked: unreachable, never "not holding"
     during = [e for e in trial["events"]
               if e["node"] == PROD and 0 < e["t"] < trial["recovered_at"]]  # fmt: skip
-    assert during and all(e["holds"] is None for e in during)
-    driver = "vboxmanage" if profile.endswith("vboxmanage.toml") else "pyvbox"
+    assert during and all(e["holds"] is None for e in during), trial["events"]
     FIGURES[f"failover_{fault}_{driver}_takeover_s"] = trial["takeover"]
     FIGURES[f"failover_{fault}_{driver}_theory_s"] = report["theory"]
     FIGURES[f"failover_{fault}_{driver}_drill_s"] = time.monotonic() - started

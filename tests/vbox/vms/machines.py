@@ -28,6 +28,7 @@ PASSWORD_ENV = "LABCTL_TEST_GUEST_PASSWORD"
 PROD = "prod-back"
 STANDBY = "prod-back-standby"
 FIGURES: dict[str, float] = {}  # bench/vbox_real_vms.py prints them (LABCTL_VM_FIGURES)
+REPORTS: dict[str, object] = {}  # labctl's JSON documents by step, kept with the VM logs
 # deadlines of an interpreted host (~8 M guest instructions/s): systemd guests take ~10 min
 TIMEOUTS = {
     "connect": 120.0, "boot": 1800.0, "command": 1200.0, "guest": 600.0, "stop": 30.0,
