@@ -1,7 +1,10 @@
 """VirtualBox through the VBoxManage command line (VirtualBox 6.1 and 7.x).
 
-Every call is one or a few VBoxManage invocations with an argv list; nothing sleeps or
-retries. Failures become OperationFailed carrying VBoxManage's own error lines.
+Every call is one or a few VBoxManage invocations with an argv list; nothing retries. The
+one wait: after ``controlvm poweroff`` the VM's process still holds its session for a moment
+(real 7.2: unregistervm then fails "while it is locked"), so a power-off returns once
+showvminfo no longer names a session. Failures become OperationFailed carrying VBoxManage's
+own error lines.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from labctl.errors import BackendUnavailable, GuestControlUnusable, OperationFailed
@@ -157,6 +161,7 @@ class VBoxManageHypervisor:
     """
 
     name = "vboxmanage"
+    RELEASE_POLL = 0.2  # seconds between showvminfo reads while a powered-off VM lets go
 
     def __init__(
         self, lab: str, *, executable: str = "VBoxManage", nic: int = 1,
@@ -167,6 +172,8 @@ class VBoxManageHypervisor:
         self.executable = executable
         self.nic = nic
         self._profile = profile
+        self._sleep: Callable[[float], None] = time.sleep
+        self._clock: Callable[[], float] = time.monotonic
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -330,7 +337,18 @@ class VBoxManageHypervisor:
             return
         if not hard and state is MachineState.PAUSED:
             raise OperationFailed(f"{name} is paused: a frozen guest cannot handle ACPI")
-        self._vbox("controlvm", name, "poweroff" if hard else "acpipowerbutton")
+        if hard:
+            self._power_off(name)
+        else:
+            self._vbox("controlvm", name, "acpipowerbutton")
+
+    def _power_off(self, name: str) -> None:
+        """controlvm poweroff, returning once the VM's process has let go of its session
+        (showvminfo prints SessionName only while it has not), at most timeouts.stop."""
+        self._vbox("controlvm", name, "poweroff")
+        deadline = self._clock() + (self._profile.timeouts.stop if self._profile else 60.0)
+        while "SessionName" in (self._info(name) or {}) and self._clock() < deadline:
+            self._sleep(self.RELEASE_POLL)
 
     def pause(self, name: str) -> None:
         """controlvm pause; no-op when already paused."""
@@ -427,7 +445,7 @@ class VBoxManageHypervisor:
             name, disks_used_elsewhere(info.get("UUID", ""), attached, self._medium)
         )
         if self._state(name, info) is not MachineState.STOPPED:
-            self._vbox("controlvm", name, "poweroff")
+            self._power_off(name)
         self._vbox("unregistervm", name, "--delete")
 
     def _medium(self, uuid: str) -> MediumFacts:

@@ -111,6 +111,8 @@ class CheckDeadlines:
     def of(cls, profile: Profile) -> CheckDeadlines:
         seconds = profile.timeouts.check
         return cls() if seconds is None else cls(seconds, seconds, seconds)
+
+
 WAIT_INTERVAL = 0.5
 
 # Errors that mean "this machine did not answer" rather than a bug in labctl.

@@ -114,6 +114,8 @@ def showvminfo(world: World, args: list[str]) -> str:
             f'nictype{slot}="82540EM"',
             f'nicspeed{slot}="0"',
         ]
+    if vm.locked:  # real 7.x prints the session's name only while it is not unlocked
+        out.append('SessionName="headless"')
     for slot in range(1, 5):
         if str(slot) in vm.serial_files:  # real 7.2's lines for a UART writing a file
             out += [f'uart{slot}="0x03f8,4"', f'uartmode{slot}="file,{vm.serial_files[str(slot)]}"',

@@ -93,6 +93,8 @@ class Vm:
         acpi_pending: int = -1,  # reads left until an ACPI shutdown completes; -1 = none
         description: str = "",
         serial_files: dict[str, str] | None = None,  # "1".."4" -> the file a UART writes
+        lock_lingers: int = 0,  # reads after a power-off while the VM process still holds
+        locked_reads: int = 0,  # its session (real 7.2: a moment); reads left of that now
     ) -> None:
         self.name = name
         self.uuid = uuid
@@ -109,6 +111,13 @@ class Vm:
         self.acpi_pending = acpi_pending
         self.description = description
         self.serial_files = serial_files if serial_files is not None else {}
+        self.lock_lingers = lock_lingers
+        self.locked_reads = locked_reads
+
+    @property
+    def locked(self) -> bool:
+        """A session holds the machine: it runs, or its process is still letting go."""
+        return self.state not in STOPPED_STATES or self.locked_reads > 0
 
     def to_json(self) -> dict[str, Any]:
         data = dict(vars(self))
@@ -182,6 +191,8 @@ class World:
     def observe(self, name: str) -> Vm:
         """Read a machine's state the way a client polls it: pending ACPI shutdowns progress."""
         vm = self.find(name)
+        if vm.locked_reads > 0:
+            vm.locked_reads -= 1
         if vm.acpi_pending >= 0:
             if vm.acpi_pending == 0:
                 self._power_off(vm)
@@ -191,6 +202,7 @@ class World:
 
     def _power_off(self, vm: Vm) -> None:
         vm.state = "poweroff"
+        vm.locked_reads = vm.lock_lingers
         vm.acpi_pending = -1
         for nic in vm.nics.values():
             nic.live_cable = nic.cable
@@ -325,7 +337,7 @@ class World:
 
     def unregister_delete(self, name: str) -> None:
         vm = self.find(name)
-        if vm.state not in STOPPED_STATES:
+        if vm.locked:
             raise Locked(f"Cannot unregister the machine '{name}' while it is locked")
         del self.machines[name]
 

@@ -220,6 +220,22 @@ def test_destroy_refuses_a_machine_of_another_lab(host: FakeHost) -> None:
     assert "other" in host.world().machines
 
 
+def test_destroy_waits_for_a_powered_off_vm_to_let_go_of_its_session(host: FakeHost) -> None:
+    """Real 7.2: right after ``controlvm poweroff`` the VM's process still holds its session
+    and unregistervm fails "while it is locked"; destroy waits until showvminfo names no
+    session (the fake VM lets go after three reads)."""
+    hv = backend()
+    host.edit(lambda w: w.create("standby", state="running", lock_lingers=3,
+                                 extradata={"labctl/lab": hv.lab}))  # fmt: skip
+    naps: list[float] = []
+    hv._sleep = naps.append
+    hv.destroy("standby")
+    assert "standby" not in host.world().machines
+    assert naps == [hv.RELEASE_POLL] * 2  # read locked twice after the power-off, then free
+    verbs = [c[0] for c in host.calls()]
+    assert verbs[-1] == "unregistervm" and "controlvm" in verbs
+
+
 def test_exec_passes_the_password_in_a_file_never_on_the_command_line(host: FakeHost) -> None:
     hv = backend()
     hv.start("prod")
