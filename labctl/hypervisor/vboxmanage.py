@@ -44,6 +44,8 @@ INSTALL_HINT = (
     "lab.virtualbox.vboxmanage to the VBoxManage executable"
 )
 _NOT_FOUND = "VBOX_E_OBJECT_NOT_FOUND"
+# showvminfo right after a power-off, while the VM's process is between states (real 7.2)
+_CONSOLE_GOING = "Failed to get a console object from the direct session"
 # showvminfo --machinereadable: what each attachment is attached to (7.2 prints the generic
 # driver as genericN but not its properties; those are only in the .vbox file and the API)
 _NETWORK_KEYS = {
@@ -347,8 +349,16 @@ class VBoxManageHypervisor:
         (showvminfo prints SessionName only while it has not), at most timeouts.stop."""
         self._vbox("controlvm", name, "poweroff")
         deadline = self._clock() + (self._profile.timeouts.stop if self._profile else 60.0)
-        while "SessionName" in (self._info(name) or {}) and self._clock() < deadline:
+        while self._session_held(name) and self._clock() < deadline:
             self._sleep(self.RELEASE_POLL)
+
+    def _session_held(self, name: str) -> bool:
+        """Whether a session still holds the VM. While its process is going away, showvminfo
+        can also fail to reach the console (real 7.2): that is held too."""
+        result = self._vbox("showvminfo", name, "--machinereadable", check=False)
+        if result.code != 0:
+            return _CONSOLE_GOING in result.stderr
+        return "SessionName" in parse_machinereadable(result.stdout)
 
     def pause(self, name: str) -> None:
         """controlvm pause; no-op when already paused."""

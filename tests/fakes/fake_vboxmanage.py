@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.fakes.vbox_world import (
+    STOPPED_STATES,
     GuestError,
     Injected,
     InvalidState,
@@ -78,6 +79,14 @@ def showvminfo(world: World, args: list[str]) -> str:
         vm = world.observe(args[0])
     except NotFound:
         raise not_found(args[0], "VBoxManageInfo.cpp") from None
+    if vm.state in STOPPED_STATES and vm.lock_lingers and vm.locked_reads == vm.lock_lingers - 1:
+        # real 7.2, the first read after a power-off: the VM process is between states
+        raise error(
+            "Failed to get a console object from the direct session "
+            "(VBOX_E_INVALID_OBJECT_STATE)",
+            "VBOX_E_VM_ERROR", "0x80bb0003", "LockMachine(a->session, LockType_Shared)",
+            "VBoxManageInfo.cpp",
+        )  # fmt: skip
     out = [
         f'name="{vm.name}"',
         'groups="/"',
