@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -490,21 +491,27 @@ def test_json_shape(profile: Profile) -> None:
     assert "s3cret" not in json.dumps(document)
 
 
-def test_poller_overlaps_probes_and_stamps_one_that_spanned_a_freeze_at_its_end() -> None:
-    from concurrent.futures import Future
+class Deferred(SyncExecutor):
+    """Probes finish only when the test says so, like a slow SSH round trip: each submitted
+    probe is appended to ``pending`` as (its future, the time it started)."""
 
+    def __init__(
+        self, clock: FakeClock, pending: list[tuple[Future[drill_op.ProbeOutcome], float]]
+    ) -> None:
+        self.clock, self.pending = clock, pending
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        future: Future[drill_op.ProbeOutcome] = Future()
+        self.pending.append((future, self.clock()))
+        return future
+
+
+def test_poller_overlaps_probes_and_stamps_one_that_spanned_a_freeze_at_its_end() -> None:
     clock = FakeClock()
     pending: list[tuple[Future[drill_op.ProbeOutcome], float]] = []
+    executor = Deferred(clock, pending)
 
-    class Deferred(SyncExecutor):
-        """Probes finish only when the test says so, like a slow SSH round trip."""
-
-        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
-            future: Future[drill_op.ProbeOutcome] = Future()
-            pending.append((future, clock()))
-            return future
-
-    poller = drill_op.Poller({"a": lambda: True}, clock, Deferred(), interval=0.02)
+    poller = drill_op.Poller({"a": lambda: True}, clock, executor, interval=0.02)
     for _ in range(5):
         poller.tick()
         clock.sleep(0.02)
@@ -589,18 +596,11 @@ def test_recovery_reconnects_rather_than_leave_the_fault_in_place(profile: Profi
 def test_poller_gives_a_slow_guest_three_of_its_round_trips_before_calling_it_silent() -> None:
     """An interpreted VirtualBox guest answers a probe in ~0.6 s: slow, not silent. Only a
     silence of three of its own round trips is sampled as unreachable."""
-    from concurrent.futures import Future
-
     clock = FakeClock()
     pending: list[tuple[Future[drill_op.ProbeOutcome], float]] = []
+    executor = Deferred(clock, pending)
 
-    class Deferred(SyncExecutor):
-        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
-            future: Future[drill_op.ProbeOutcome] = Future()
-            pending.append((future, clock()))
-            return future
-
-    poller = drill_op.Poller({"a": lambda: True}, clock, Deferred(), interval=0.02, max_inflight=1)
+    poller = drill_op.Poller({"a": lambda: True}, clock, executor, interval=0.02, max_inflight=1)
     assert poller.stale_time("a") == drill_op.STALE_AFTER  # nothing known yet
     for _ in range(20):  # twenty answers, 0.6 s each
         poller.tick()
@@ -624,18 +624,11 @@ def test_poller_gives_a_slow_guest_three_of_its_round_trips_before_calling_it_si
 def test_poller_keeps_one_probe_in_flight_to_a_slow_guest() -> None:
     """Two overlapping probes of a guest answering in 0.6 s come back together: no finer
     samples, only twice the load. Once its pace is known, it gets one probe at a time."""
-    from concurrent.futures import Future
-
     clock = FakeClock()
     pending: list[tuple[Future[drill_op.ProbeOutcome], float]] = []
+    executor = Deferred(clock, pending)
 
-    class Deferred(SyncExecutor):
-        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
-            future: Future[drill_op.ProbeOutcome] = Future()
-            pending.append((future, clock()))
-            return future
-
-    poller = drill_op.Poller({"a": lambda: True}, clock, Deferred(), interval=0.02)
+    poller = drill_op.Poller({"a": lambda: True}, clock, executor, interval=0.02)
     poller.tick()
     clock.sleep(0.02)
     poller.tick()
@@ -648,6 +641,6 @@ def test_poller_keeps_one_probe_in_flight_to_a_slow_guest() -> None:
         poller.tick()
         clock.sleep(0.02)
     assert poller.inflight_limit("a") == 1 and len(pending) == 1
-    fast = drill_op.Poller({"b": lambda: True}, clock, Deferred(), interval=0.02)
+    fast = drill_op.Poller({"b": lambda: True}, clock, executor, interval=0.02)
     fast.round_trips["b"] = [0.04]  # a guest on this host
     assert fast.inflight_limit("b") == drill_op.MAX_INFLIGHT
