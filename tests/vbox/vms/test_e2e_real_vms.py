@@ -18,6 +18,7 @@ The tests run in file order and share one production VM and one standby (the tie
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -54,6 +55,18 @@ def vminfo(host: VmHost, name: str) -> dict[str, str]:
     out = host.run.manage("showvminfo", name, "--machinereadable").stdout
     pairs = (line.split("=", 1) for line in out.splitlines() if "=" in line)
     return {k.strip('"'): v.strip('"') for k, v in pairs}
+
+
+def disk_chain(host: VmHost, location: str) -> list[str]:
+    """The locations from a disk down to its base, read with ``showmediuminfo``."""
+    chain: list[str] = []
+    medium = location
+    while medium != "base":
+        out = host.run.manage("showmediuminfo", "disk", medium).stdout
+        fields = dict(re.findall(r"^([A-Za-z ]+):\s+(.*)$", out, re.M))
+        chain.append(fields["Location"])
+        medium = fields["Parent UUID"]
+    return chain
 
 
 def vbox_log(host: VmHost, name: str) -> str:
@@ -297,4 +310,10 @@ def test_virtualbox_real_vms_destroy_removes_the_standby_and_keeps_production(
     assert standby_disk not in vm_host.run.manage("list", "hdds").stdout
     assert not vm_host.run.host_path(standby_disk).exists()
     assert not vm_host.run.host_path(f"{VBOX_HOME}/machines/{STANDBY}").exists()
-    assert vminfo(vm_host, PROD)["SATA-0-0"].endswith(f"{PROD}.vdi")
+    # production runs on its own disk still: since the linked clone it writes to a differencing
+    # image of the snapshot labctl-base (kept for later clones) over its own base disk
+    chain = disk_chain(vm_host, vminfo(vm_host, PROD)["SATA-0-0"])
+    assert chain[-1].endswith(f"/{PROD}.vdi"), chain
+    assert all(vm_host.run.host_path(disk).exists() for disk in chain), chain
+    snapshots = vm_host.run.manage("snapshot", PROD, "list", "--machinereadable").stdout
+    assert 'SnapshotName="labctl-base"' in snapshots
