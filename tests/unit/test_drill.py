@@ -644,3 +644,54 @@ def test_poller_keeps_one_probe_in_flight_to_a_slow_guest() -> None:
     fast = drill_op.Poller({"b": lambda: True}, clock, executor, interval=0.02)
     fast.round_trips["b"] = [0.04]  # a guest on this host
     assert fast.inflight_limit("b") == drill_op.MAX_INFLIGHT
+
+
+class SlowGuests(SyncExecutor):
+    """Interpreted VMs: every probe takes ``rtt`` of the world's clock, and a probe of a frozen
+    (unreachable) guest waits in it until it is resumed. Other tasks run at once. ``sleep``
+    is the drill's sleep: it moves the world on and delivers the probes that are due."""
+
+    def __init__(self, world: World, rtt: float) -> None:
+        self.world, self.rtt = world, rtt
+        self.pending: list[tuple[Future[drill_op.ProbeOutcome], float, Any]] = []
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if getattr(fn, "__name__", "") != "_run":  # the fault and the advert watch
+            return super().submit(fn, *args, **kwargs)
+        future: Future[drill_op.ProbeOutcome] = Future()
+        self.pending.append((future, self.world.clock(), args[0]))
+        return future
+
+    def sleep(self, seconds: float) -> None:
+        self.world.sleep(seconds)
+        now = self.world.clock()
+        for item in [p for p in self.pending if now - p[1] >= self.rtt]:
+            future, started, probe = item
+            try:
+                holds = probe()
+            except GuestUnreachable:
+                continue  # frozen: the request is answered once the guest runs again
+            self.pending.remove(item)
+            future.set_result((started, now, holds, None))
+
+
+def test_a_slow_frozen_guest_stays_frozen_until_its_silence_is_sampled(profile: Profile) -> None:
+    """A guest answering a probe in 6 s is called silent only after three of its round trips,
+    later than the standby takes over. The fault stays in place until that silence is sampled:
+    the report shows the frozen primary unreachable during the fault (real VMs: it showed no
+    sample of it at all, and 0 s unreachable)."""
+    world = World(FakeClock(), takeover=HARD, unreachable=True)
+    slow = SlowGuests(world, rtt=6.0)
+    d = drill_op.Drill(
+        profile, "back", Fault.FREEZE, world.remotes(), world.hypervisor,
+        clock=world.clock, sleep=slow.sleep, executor=slow,
+    )  # fmt: skip
+    report = d.run(1)
+    assert report.ok, report.all_problems()
+    (trial,) = report.trials
+    recovered_at = trial.recovered_at or 0
+    during = [s for s in trial.samples
+              if s.node == "prod-back" and trial.injected < s.t < recovered_at]  # fmt: skip
+    assert during and all(s.holds is None for s in during)
+    assert trial.timeline.unreachable["prod-back"] > 0
+    assert trial.settled_on == "prod-back"

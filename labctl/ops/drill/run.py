@@ -201,6 +201,25 @@ class Drill:
             self.sleep(self.tick)
         future.result()
 
+    def _watch_old_holder(self, poller: Poller, faulted: str) -> None:
+        """After the takeover, watch the old holder a little longer (does it let go, is it
+        silent?): for an advert interval and a half from its first sample after the takeover.
+        A slow guest's silence is sampled only after its stale time (three of its round trips:
+        seconds for an interpreted VM); a fault undone before that would leave the report
+        without a sample of the old holder during the fault, saying it was never unreachable.
+        """
+        since = self.clock()
+        watch = self.pair.advert_int + 0.5
+        sighted: list[float] = []
+
+        def watched() -> bool:
+            latest = poller.latest(faulted)
+            if not sighted and latest is not None and latest.t > since:
+                sighted.append(self.clock())
+            return bool(sighted) and self.clock() - sighted[0] >= watch
+
+        self._wait(poller, watched, watch + 2 * poller.stale_time(faulted))
+
     # -- one trial -----------------------------------------------------------
 
     def trial(self, index: int, executor: Executor) -> Trial:
@@ -248,8 +267,7 @@ class Drill:
                     )
                 else:
                     self._say(f"trial {index}: {peer} holds the VIP; recovering {faulted} soon")
-                    # watch the old holder a little longer: does it let go?
-                    self._wait(poller, lambda: False, self.pair.advert_int + 0.5)
+                    self._watch_old_holder(poller, faulted)
         finally:
             recover_start = self.clock()
             try:

@@ -225,8 +225,8 @@ def drill(host: VmHost, profile: str, fault: str) -> dict[str, Any]:
     assert trial["takeover"] is not None and 0 < trial["takeover"] < trial["recovered_at"]
     assert trial["settled_on"] == PROD and trial["failback"] is not None
     # the frozen / unplugged primary could not be asked: unreachable, never "not holding"
-    during = [e for e in trial["events"]
-              if e["node"] == PROD and 0 < e["t"] < trial["recovered_at"]]  # fmt: skip
+    window = (trial["injected"], trial["recovered_at"])
+    during = [e for e in trial["events"] if e["node"] == PROD and window[0] < e["t"] < window[1]]
     assert during and all(e["holds"] is None for e in during), trial["events"]
     FIGURES[f"failover_{fault}_{driver}_takeover_s"] = trial["takeover"]
     FIGURES[f"failover_{fault}_{driver}_theory_s"] = report["theory"]
