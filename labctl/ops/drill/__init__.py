@@ -5,7 +5,9 @@ One trial: wait until the pair is settled (exactly one holder), inject the fault
 peer's master-down timer starts at injection and measured compares with theory),
 poll both nodes' addresses over their already-open connections (a probe is started on each
 node every ``poll_interval`` seconds, at most one in flight per node, each sample stamped with
-the middle of its round trip), wait for the other node to take the VIP, recover the fault and
+the middle of its round trip), wait for the other node to take the VIP, watch the old holder
+for an advert interval and a half from its first sample after that (a slow guest's silence
+shows only after its stale time), recover the fault and
 wait for the pair to settle again where VRRP says it should (``settle_target``: back on the
 primary when the pair preempts; with ``preempt = false`` on the node that took over after stop,
 crash and health, on the primary after freeze, link and partition).
@@ -22,8 +24,9 @@ Faults (``fault`` on the current holder):
 * ``health``: the check script is replaced by one that exits 1 (permissions untouched, so
   keepalived's script security keeps running it); the original is put back on recovery.
 
-A node whose probe fails or has not answered within ``stale_after`` seconds is recorded as
-unreachable in the timeline, never as "not holding".
+A node whose probe fails or has not answered within its stale time (``stale_after`` seconds,
+or three of its own median round trips when that is longer: an interpreted VirtualBox guest
+answers in seconds) is recorded as unreachable in the timeline, never as "not holding".
 
 Theory beside measured: a hard fault (crash, freeze, link, partition) takes the backup's
 master-down interval, ``3 × advert_int + skew``; a graceful stop its skew time alone (priority
