@@ -2,15 +2,15 @@
 
 One trial: wait until the pair is settled (exactly one holder), inject the fault on the holder
 (hard faults right after the holder sent a VRRP advert, seen on the holder itself, so that the
-peer's master-down timer starts at injection and measured compares with theory),
-poll both nodes' addresses over their already-open connections (a probe is started on each
-node every ``poll_interval`` seconds, at most one in flight per node, each sample stamped with
-the middle of its round trip), wait for the other node to take the VIP, watch the old holder
-for an advert interval and a half from its first sample after that (a slow guest's silence
-shows only after its stale time), recover the fault and
-wait for the pair to settle again where VRRP says it should (``settle_target``: back on the
-primary when the pair preempts; with ``preempt = false`` on the node that took over after stop,
-crash and health, on the primary after freeze, link and partition).
+peer's master-down timer starts at injection and measured compares with theory), poll both
+nodes' addresses over their already-open connections (a probe is started on each node every
+``poll_interval`` seconds, up to ``max_inflight`` overlapping per node, one to a slow node;
+each sample stamped with the middle of its round trip), wait for the other node to take the
+VIP, watch the old holder for an advert interval and a half from its first sample after that
+(a slow guest's silence shows only after its stale time), recover the fault and wait for the
+pair to settle again where VRRP says it should (``settle_target``: back on the primary when
+the pair preempts; with ``preempt = false`` on the node that took over after stop, crash and
+health, on the primary after freeze, link and partition).
 
 Faults (``fault`` on the current holder):
 
