@@ -189,10 +189,11 @@ def test_nopreempt_standby_keeps_the_vip_after_the_primary_returns(
     # keepalived stopped on the holder and started again: the other node keeps the VIP
     document = drill(off, capsys, pair, "stop")
     (trial,) = document["trials"]
-    assert (trial["faulted"], trial["peer"]) == (holder, other)
-    assert trial["settled_on"] == other and document["final_holders"] == [other]
+    seen = (holder, trial)  # shown when an assertion fails: what verify and the drill saw
+    assert (trial["faulted"], trial["peer"]) == (holder, other), seen
+    assert trial["settled_on"] == other and document["final_holders"] == [other], seen
     # the returned node stays BACKUP: verify is OK with the node that took over as holder
     after = await_pair(pair, off, capsys, lambda p: p["verdict"] == "OK")
-    assert after["holder"] == other
     states = {n["name"]: n["vrrp_state"] for n in after["nodes"]}
-    assert states == {other: "MASTER", holder: "BACKUP"}
+    assert after["holder"] == other, (seen, after)
+    assert states == {other: "MASTER", holder: "BACKUP"}, (seen, after)
