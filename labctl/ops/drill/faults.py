@@ -39,9 +39,8 @@ NFT_TABLE = pending.NFT_TABLE
 # Essential on Debian, so this runs on minbase guests too. A classic BPF filter (ldh [12] = IPv4,
 # ldb [23] = protocol 112, ld [26] = the node's address) lets the kernel pass only the node's own
 # adverts: unfiltered, the socket also gets every frame of the drill's own SSH probes, and a
-# perl starved of CPU falls behind them and misses the window (half of 20 tries on a loaded
-# 2-core host, none with the filter). Frames queued before the filter is attached are checked
-# by hand.
+# perl starved of CPU falls behind them and misses the window (bench/advert_wait.py measures
+# both on a loaded node). Frames queued before the filter is attached are checked by hand.
 WAIT_FOR_OWN_ADVERT = r"""
 my ($own, $secs) = @ARGV;
 socket(my $s, 17, 3, 0x0300) or die "packet socket: $!\n";
