@@ -28,6 +28,7 @@ def pair(checks_pair: LabPair) -> LabPair:
 def drill(pair: LabPair, capsys: Capsys, fault: str) -> dict[str, Any]:
     ensure_ok(pair, capsys)
     result = labctl(pair, capsys, "failover", pair.pair, "--fault", fault, "--json")
+    assert result.out, (result.code, result.err)  # no report: the error labctl stopped with
     document: dict[str, Any] = result.json()
     assert result.code == 0, (document["problems"], result.err)
     assert document["ok"] and document["ended_ok"]
